@@ -25,27 +25,71 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_config_from_args_contains_only_given_flags():
-    args = parse("--lr_schedule", "OneCycle", "--cycle_min_lr", "0.001", "--cycle_max_lr", "0.01",
-                 "--cycle_first_step_size", "50", "--cycle_momentum")
+    args = parse(
+        "--lr_schedule",
+        "OneCycle",
+        "--cycle_min_lr",
+        "0.001",
+        "--cycle_max_lr",
+        "0.01",
+        "--cycle_first_step_size",
+        "50",
+        "--cycle_momentum",
+    )
     config, error = get_config_from_args(args)
     assert error is None
-    assert config == {"type": "OneCycle", "params": {"cycle_min_lr": 0.001, "cycle_max_lr": 0.01,
-                                                      "cycle_first_step_size": 50,
-                                                      "cycle_momentum": True}}
+    assert config == {
+        "type": "OneCycle",
+        "params": {
+            "cycle_min_lr": 0.001,
+            "cycle_max_lr": 0.01,
+            "cycle_first_step_size": 50,
+            "cycle_momentum": True,
+        },
+    }
 
 
 @pytest.mark.parametrize(
     ("argv", "params"),
     [
-        (["--lr_schedule", "LRRangeTest", "--lr_range_test_staircase", "--lr_range_test_step_size", "7"],
-         {"lr_range_test_staircase": True, "lr_range_test_step_size": 7}),
-        (["--lr_schedule", "WarmupLR", "--warmup_num_steps", "5", "--warmup_type", "linear"],
-         {"warmup_num_steps": 5, "warmup_type": "linear"}),
-        (["--lr_schedule", "WarmupDecayLR", "--total_num_steps", "2000", "--warmup_max_lr", "0.2"],
-         {"total_num_steps": 2000, "warmup_max_lr": 0.2}),
-        (["--lr_schedule", "WarmupCosineLR", "--total_num_steps", "2000", "--cos_min_ratio", "0.2",
-          "--warmup_min_lr", "0.5"],  # a WarmupLR flag is not copied into a cosine config
-         {"total_num_steps": 2000, "cos_min_ratio": 0.2}),
+        (
+            [
+                "--lr_schedule",
+                "LRRangeTest",
+                "--lr_range_test_staircase",
+                "--lr_range_test_step_size",
+                "7",
+            ],
+            {"lr_range_test_staircase": True, "lr_range_test_step_size": 7},
+        ),
+        (
+            ["--lr_schedule", "WarmupLR", "--warmup_num_steps", "5", "--warmup_type", "linear"],
+            {"warmup_num_steps": 5, "warmup_type": "linear"},
+        ),
+        (
+            [
+                "--lr_schedule",
+                "WarmupDecayLR",
+                "--total_num_steps",
+                "2000",
+                "--warmup_max_lr",
+                "0.2",
+            ],
+            {"total_num_steps": 2000, "warmup_max_lr": 0.2},
+        ),
+        (
+            [
+                "--lr_schedule",
+                "WarmupCosineLR",
+                "--total_num_steps",
+                "2000",
+                "--cos_min_ratio",
+                "0.2",
+                "--warmup_min_lr",
+                "0.5",
+            ],  # a WarmupLR flag is not copied into a cosine config
+            {"total_num_steps": 2000, "cos_min_ratio": 0.2},
+        ),
     ],
 )
 def test_config_from_args_builds(argv, params):

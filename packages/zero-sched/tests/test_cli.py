@@ -14,12 +14,22 @@ from zero_sched._cli import main
 @pytest.fixture
 def warmup_config(tmp_path):
     path = tmp_path / "ds_config.json"
-    path.write_text(json.dumps({
-        "optimizer": {"type": "AdamW", "params": {"lr": 0.5}},
-        "scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 20, "warmup_max_lr": 0.001,
-                                                          "warmup_num_steps": 10,
-                                                          "warmup_type": "linear"}},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "optimizer": {"type": "AdamW", "params": {"lr": 0.5}},
+                "scheduler": {
+                    "type": "WarmupDecayLR",
+                    "params": {
+                        "total_num_steps": 20,
+                        "warmup_max_lr": 0.001,
+                        "warmup_num_steps": 10,
+                        "warmup_type": "linear",
+                    },
+                },
+            }
+        )
+    )
     return path
 
 
@@ -30,7 +40,7 @@ def test_plot_prints_summary_and_chart(warmup_config, capsys):
     assert lines[0] == "WarmupDecayLR: 25 steps"
     # index 0 is the construction value; step 11 is last_batch_iteration 10, the peak
     assert lines[1] == "lr first 0.000e+00, peak 1.000e-03 at step 11, last 0.000e+00"
-    chart = out[out.index("learning rate\n"):].splitlines()[1:13]
+    chart = out[out.index("learning rate\n") :].splitlines()[1:13]
     assert chart[0].startswith("1.000e-03 |") and chart[-1].startswith("0.000e+00 |")
     stars = [line.split("|", 1)[1] for line in chart]
     assert all(len(row) == 25 for row in stars)  # one column per step when they fit
@@ -41,8 +51,14 @@ def test_plot_prints_summary_and_chart(warmup_config, capsys):
 
 def test_plot_shows_momentum_for_one_cycle(tmp_path, capsys):
     path = tmp_path / "sched.json"
-    path.write_text(json.dumps({"type": "OneCycle", "params": {"cycle_min_lr": 0.01, "cycle_max_lr": 0.1,
-                                                               "cycle_first_step_size": 5}}))
+    path.write_text(
+        json.dumps(
+            {
+                "type": "OneCycle",
+                "params": {"cycle_min_lr": 0.01, "cycle_max_lr": 0.1, "cycle_first_step_size": 5},
+            }
+        )
+    )
     assert main(["plot", str(path), "--steps", "12"]) == 0
     out = capsys.readouterr().out
     assert "momentum first 0.8000, min 0.8000, last 0.9000" in out
@@ -51,8 +67,11 @@ def test_plot_shows_momentum_for_one_cycle(tmp_path, capsys):
 
 def test_plot_uses_lr_flag_for_cosine(tmp_path, capsys):
     path = tmp_path / "sched.json"
-    path.write_text(json.dumps({"type": "WarmupCosineLR",
-                                "params": {"total_num_steps": 10, "warmup_num_steps": 2}}))
+    path.write_text(
+        json.dumps(
+            {"type": "WarmupCosineLR", "params": {"total_num_steps": 10, "warmup_num_steps": 2}}
+        )
+    )
     assert main(["plot", str(path), "--steps", "4", "--lr", "2.0"]) == 0
     assert "peak 2.000e+00 at step 2" in capsys.readouterr().out
 
@@ -92,7 +111,9 @@ def test_bad_inputs(tmp_path, capsys):
 def test_module_entry_point(warmup_config):
     result = subprocess.run(
         [sys.executable, "-m", "zero_sched", "plot", str(warmup_config), "--steps", "3"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("WarmupDecayLR: 3 steps")

@@ -13,8 +13,10 @@ from zero_sched import build_scheduler, lr_range_test
 def regression_problem(seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randn(64, 4, generator=generator)
-    targets = inputs @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.3 * torch.randn(64, 1, generator=generator)
-    batches = [(inputs[i:i + 16], targets[i:i + 16]) for i in range(0, 64, 16)]
+    targets = inputs @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.3 * torch.randn(
+        64, 1, generator=generator
+    )
+    batches = [(inputs[i : i + 16], targets[i : i + 16]) for i in range(0, 64, 16)]
     torch.manual_seed(seed)
     model = torch.nn.Linear(4, 1)
     return model, batches
@@ -37,8 +39,9 @@ def run(seed=0, **kwargs):
 
 
 def test_diverges_and_suggests_the_best_lr():
-    result, model, optimizer, before = run(lr_range_test_min_lr=1e-2, lr_range_test_step_rate=1.0,
-                                           max_steps=300)
+    result, model, optimizer, before = run(
+        lr_range_test_min_lr=1e-2, lr_range_test_step_rate=1.0, max_steps=300
+    )
     n = len(result.lrs)
     # the lr of step i is min_lr * (1 + rate * i / step_size), exactly the LRRangeTest schedule
     assert result.lrs == pytest.approx([1e-2 * (1 + i) for i in range(n)], rel=1e-12)
@@ -52,7 +55,9 @@ def test_diverges_and_suggests_the_best_lr():
     assert result.smoothed_losses[-1] > 4 * min(result.smoothed_losses)
     # restore=True: model and optimizer are as before
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert optimizer.param_groups[0]["lr"] == 123.0 and "initial_lr" not in optimizer.param_groups[0]
+    assert (
+        optimizer.param_groups[0]["lr"] == 123.0 and "initial_lr" not in optimizer.param_groups[0]
+    )
 
 
 def test_is_deterministic():
@@ -62,8 +67,9 @@ def test_is_deterministic():
 
 
 def test_bounded_by_max_steps_without_divergence():
-    result, model, _, before = run(lr_range_test_min_lr=1e-4, lr_range_test_step_rate=0.01,
-                                   max_steps=12, restore=False)
+    result, model, _, before = run(
+        lr_range_test_min_lr=1e-4, lr_range_test_step_rate=0.01, max_steps=12, restore=False
+    )
     assert len(result.lrs) == 12 and not result.diverged
     assert result.suggested_max_lr == result.lrs[-1]  # still improving: only a lower bound
     assert not torch.equal(model.weight, before["weight"])  # restore=False keeps the training
@@ -82,9 +88,14 @@ def test_one_cycle_config_builds():
 def test_custom_forward_and_nan_first_loss():
     model, batches = regression_problem()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    result = lr_range_test(model, None, [{"x": x, "y": y} for x, y in batches], optimizer,
-                           forward=lambda m, b: torch.nn.functional.mse_loss(m(b["x"]), b["y"]),
-                           max_steps=3)
+    result = lr_range_test(
+        model,
+        None,
+        [{"x": x, "y": y} for x, y in batches],
+        optimizer,
+        forward=lambda m, b: torch.nn.functional.mse_loss(m(b["x"]), b["y"]),
+        max_steps=3,
+    )
     assert len(result.losses) == 3
     with pytest.raises(RuntimeError, match="the first loss is nan"):
         lr_range_test(model, None, batches, optimizer, forward=lambda m, b: torch.tensor(math.nan))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REL, lrs, make_optimizer, trajectory
 
+from conftest import REL, lrs, make_optimizer, trajectory
 from zero_sched import OneCycle
 
 
@@ -32,8 +32,9 @@ def at(scheduler, index: int) -> None:
 )
 def test_asymmetric_cycle(index, scale):
     opt = make_optimizer()
-    sched = OneCycle(opt, cycle_min_lr=0.01, cycle_max_lr=0.1, cycle_first_step_size=4,
-                     cycle_second_step_size=6)
+    sched = OneCycle(
+        opt, cycle_min_lr=0.01, cycle_max_lr=0.1, cycle_first_step_size=4, cycle_second_step_size=6
+    )
     at(sched, index)
     assert lrs(opt)[0] == pytest.approx(0.01 + 0.09 * scale, rel=REL)
     assert beta1(opt)[0] == pytest.approx(0.9 - 0.1 * scale, rel=REL)
@@ -57,8 +58,9 @@ def test_symmetric_default_second_step_and_post_cycle_hold():
 
 def test_stairs_hold_the_lr_flat():
     opt = make_optimizer()
-    sched = OneCycle(opt, cycle_min_lr=0.01, cycle_max_lr=0.1, cycle_first_step_size=4,
-                     cycle_first_stair_count=2)
+    sched = OneCycle(
+        opt, cycle_min_lr=0.01, cycle_max_lr=0.1, cycle_first_step_size=4, cycle_first_stair_count=2
+    )
     values = [row[0] for row in trajectory(sched, opt, 8)]
     half = 0.01 + 0.09 / 2
     assert values == pytest.approx([0.01, 0.01, half, half, 0.1, half, half, 0.01, 0.01], rel=REL)
@@ -66,9 +68,15 @@ def test_stairs_hold_the_lr_flat():
 
 def test_different_stair_counts_per_phase():
     opt = make_optimizer()
-    sched = OneCycle(opt, cycle_min_lr=0.0, cycle_max_lr=12.0, cycle_first_step_size=4,
-                     cycle_second_step_size=6, cycle_first_stair_count=4,
-                     cycle_second_stair_count=3)
+    sched = OneCycle(
+        opt,
+        cycle_min_lr=0.0,
+        cycle_max_lr=12.0,
+        cycle_first_step_size=4,
+        cycle_second_step_size=6,
+        cycle_first_stair_count=4,
+        cycle_second_stair_count=3,
+    )
     values = [row[0] for row in trajectory(sched, opt, 10)]
     # rising: floor(4 * b / 4) / 4; falling: floor(3 * (10 - b) / 6) / 3
     assert values == pytest.approx([0, 3, 6, 9, 12, 8, 8, 4, 4, 0, 0], rel=REL, abs=1e-15)
@@ -76,8 +84,9 @@ def test_different_stair_counts_per_phase():
 
 def test_zero_second_step_size_rises_only():
     opt = make_optimizer()
-    sched = OneCycle(opt, cycle_min_lr=0.0, cycle_max_lr=1.0, cycle_first_step_size=4,
-                     cycle_second_step_size=0)
+    sched = OneCycle(
+        opt, cycle_min_lr=0.0, cycle_max_lr=1.0, cycle_first_step_size=4, cycle_second_step_size=0
+    )
     values = [row[0] for row in trajectory(sched, opt, 5)]
     assert values == pytest.approx([0.0, 0.25, 0.5, 0.75, 0.0, 0.0], abs=1e-15)
 
@@ -93,8 +102,15 @@ def test_zero_second_step_size_rises_only():
 )
 def test_post_cycle_decay(index, lr, momentum):
     opt = make_optimizer()
-    sched = OneCycle(opt, cycle_min_lr=0.01, cycle_max_lr=0.1, cycle_first_step_size=5,
-                     decay_step_size=2, decay_lr_rate=0.5, decay_mom_rate=0.01)
+    sched = OneCycle(
+        opt,
+        cycle_min_lr=0.01,
+        cycle_max_lr=0.1,
+        cycle_first_step_size=5,
+        decay_step_size=2,
+        decay_lr_rate=0.5,
+        decay_mom_rate=0.01,
+    )
     sched.step(index)
     assert lrs(opt)[0] == pytest.approx(lr, rel=REL)
     assert beta1(opt)[0] == pytest.approx(momentum, rel=REL)
@@ -102,16 +118,28 @@ def test_post_cycle_decay(index, lr, momentum):
 
 def test_decay_needs_both_step_size_and_rate():
     opt = make_optimizer()
-    sched = OneCycle(opt, cycle_min_lr=0.01, cycle_max_lr=0.1, cycle_first_step_size=5,
-                     decay_step_size=0, decay_lr_rate=0.5)
+    sched = OneCycle(
+        opt,
+        cycle_min_lr=0.01,
+        cycle_max_lr=0.1,
+        cycle_first_step_size=5,
+        decay_step_size=0,
+        decay_lr_rate=0.5,
+    )
     sched.step(30)
     assert lrs(opt) == [0.01]
 
 
 def test_sgd_momentum_is_cycled():
     opt = make_optimizer("sgd")
-    sched = OneCycle(opt, cycle_min_lr=0.01, cycle_max_lr=0.1, cycle_first_step_size=4,
-                     cycle_min_mom=0.85, cycle_max_mom=0.95)
+    sched = OneCycle(
+        opt,
+        cycle_min_lr=0.01,
+        cycle_max_lr=0.1,
+        cycle_first_step_size=4,
+        cycle_min_mom=0.85,
+        cycle_max_mom=0.95,
+    )
     assert opt.param_groups[0]["momentum"] == 0.85
     sched.step(1)  # scale 1/2
     assert opt.param_groups[0]["momentum"] == pytest.approx(0.9, rel=REL)
@@ -137,8 +165,14 @@ def test_optimizer_without_momentum_warns_and_schedules_lr_only():
 
 def test_per_group_bounds():
     opt = make_optimizer(groups=2)
-    sched = OneCycle(opt, cycle_min_lr=[0.0, 1.0], cycle_max_lr=[1.0, 3.0], cycle_first_step_size=2,
-                     cycle_min_mom=[0.8, 0.5], cycle_max_mom=[0.9, 0.7])
+    sched = OneCycle(
+        opt,
+        cycle_min_lr=[0.0, 1.0],
+        cycle_max_lr=[1.0, 3.0],
+        cycle_first_step_size=2,
+        cycle_min_mom=[0.8, 0.5],
+        cycle_max_mom=[0.9, 0.7],
+    )
     sched.step(0)  # scale 1/2
     assert lrs(opt) == pytest.approx([0.5, 2.0], rel=REL)
     assert beta1(opt) == pytest.approx([0.85, 0.6], rel=REL)

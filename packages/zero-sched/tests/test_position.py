@@ -6,24 +6,35 @@ import io
 
 import pytest
 import torch
-from conftest import REL, flat, lrs, make_optimizer, trajectory
 
+from conftest import REL, flat, lrs, make_optimizer, trajectory
 from zero_sched import LRRangeTest, OneCycle, WarmupCosineLR, WarmupDecayLR, WarmupLR
 
 FACTORIES = {
-    "WarmupLR": lambda o, **kw: WarmupLR(o, warmup_min_lr=0.01, warmup_max_lr=0.2,
-                                         warmup_num_steps=7, **kw),
-    "WarmupDecayLR": lambda o, **kw: WarmupDecayLR(o, total_num_steps=20, warmup_num_steps=5,
-                                                   warmup_max_lr=0.3, warmup_type="linear", **kw),
-    "WarmupCosineLR": lambda o, **kw: WarmupCosineLR(o, total_num_steps=20, warmup_num_steps=4,
-                                                     warmup_min_ratio=0.1, cos_min_ratio=0.05, **kw),
-    "OneCycle": lambda o, **kw: OneCycle(o, cycle_min_lr=0.01, cycle_max_lr=0.1,
-                                         cycle_first_step_size=4, cycle_second_step_size=5,
-                                         cycle_first_stair_count=2, decay_step_size=3,
-                                         decay_lr_rate=0.2, decay_mom_rate=0.01, **kw),
-    "LRRangeTest": lambda o, **kw: LRRangeTest(o, lr_range_test_min_lr=0.001,
-                                               lr_range_test_step_size=3,
-                                               lr_range_test_step_rate=0.5, **kw),
+    "WarmupLR": lambda o, **kw: WarmupLR(
+        o, warmup_min_lr=0.01, warmup_max_lr=0.2, warmup_num_steps=7, **kw
+    ),
+    "WarmupDecayLR": lambda o, **kw: WarmupDecayLR(
+        o, total_num_steps=20, warmup_num_steps=5, warmup_max_lr=0.3, warmup_type="linear", **kw
+    ),
+    "WarmupCosineLR": lambda o, **kw: WarmupCosineLR(
+        o, total_num_steps=20, warmup_num_steps=4, warmup_min_ratio=0.1, cos_min_ratio=0.05, **kw
+    ),
+    "OneCycle": lambda o, **kw: OneCycle(
+        o,
+        cycle_min_lr=0.01,
+        cycle_max_lr=0.1,
+        cycle_first_step_size=4,
+        cycle_second_step_size=5,
+        cycle_first_stair_count=2,
+        decay_step_size=3,
+        decay_lr_rate=0.2,
+        decay_mom_rate=0.01,
+        **kw,
+    ),
+    "LRRangeTest": lambda o, **kw: LRRangeTest(
+        o, lr_range_test_min_lr=0.001, lr_range_test_step_size=3, lr_range_test_step_rate=0.5, **kw
+    ),
 }
 NAMES = list(FACTORIES)
 
@@ -43,7 +54,7 @@ def test_resume_with_last_batch_iteration(name):
         assert lrs(opt) == pytest.approx(straight[k + 1], rel=REL)
         # ... and continues identically
         assert flat(trajectory(resumed, opt, 30 - k - 1)[1:]) == pytest.approx(
-            flat(straight[k + 2:]), rel=REL
+            flat(straight[k + 2 :]), rel=REL
         )
 
 
@@ -76,7 +87,9 @@ def test_state_dict_round_trip_mid_run(name):
     sched2 = FACTORIES[name](opt2)
     buffer.seek(0)
     sched2.load_state_dict(torch.load(buffer, weights_only=True))
-    assert flat(state(opt2)) == pytest.approx(flat(expected_now), rel=REL)  # lr written back on load
+    assert flat(state(opt2)) == pytest.approx(
+        flat(expected_now), rel=REL
+    )  # lr written back on load
     assert sched2.last_batch_iteration == 8
     assert flat(trajectory(sched2, opt2, 15)[1:]) == pytest.approx(flat(expected_next), rel=REL)
 
@@ -107,8 +120,9 @@ def test_load_state_dict_of_another_schedule_is_refused_and_changes_nothing():
 def test_sequential_lr_restarts_our_schedule_at_its_milestone():
     opt = make_optimizer(lr=1.0)
     constant = torch.optim.lr_scheduler.ConstantLR(opt, factor=0.5, total_iters=100)
-    warmup = WarmupLR(opt, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=4,
-                      warmup_type="linear")
+    warmup = WarmupLR(
+        opt, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=4, warmup_type="linear"
+    )
     seq = torch.optim.lr_scheduler.SequentialLR(opt, [constant, warmup], milestones=[3])
     values = []
     for _ in range(8):
@@ -137,8 +151,9 @@ def test_sequential_lr_hands_over_to_torch_cosine():
 
 def test_chained_scheduler_multiplies_in_order():
     opt = make_optimizer(lr=1.0)
-    warmup = WarmupLR(opt, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=4,
-                      warmup_type="linear")
+    warmup = WarmupLR(
+        opt, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=4, warmup_type="linear"
+    )
     scale = torch.optim.lr_scheduler.MultiplicativeLR(opt, lr_lambda=lambda _: 0.5)
     chain = torch.optim.lr_scheduler.ChainedScheduler([warmup, scale])
     for _ in range(2):
@@ -152,8 +167,9 @@ def test_chained_scheduler_multiplies_in_order():
 def test_tensor_lr_is_updated_in_place():
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=torch.tensor(0.1))
     lr_tensor = opt.param_groups[0]["lr"]
-    sched = WarmupLR(opt, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=4,
-                     warmup_type="linear")
+    sched = WarmupLR(
+        opt, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=4, warmup_type="linear"
+    )
     sched.step(1)
     assert opt.param_groups[0]["lr"] is lr_tensor
     assert float(lr_tensor) == pytest.approx(0.25)

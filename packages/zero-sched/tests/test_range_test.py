@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import REL, lrs, make_optimizer
 
+from conftest import REL, lrs, make_optimizer
 from zero_sched import LRRangeTest
 
 
@@ -24,8 +24,13 @@ from zero_sched import LRRangeTest
 )
 def test_growth(staircase, index, expected):
     opt = make_optimizer()
-    sched = LRRangeTest(opt, lr_range_test_min_lr=0.01, lr_range_test_step_size=10,
-                        lr_range_test_step_rate=2.0, lr_range_test_staircase=staircase)
+    sched = LRRangeTest(
+        opt,
+        lr_range_test_min_lr=0.01,
+        lr_range_test_step_size=10,
+        lr_range_test_step_rate=2.0,
+        lr_range_test_staircase=staircase,
+    )
     if index >= 0:
         sched.step(index)
     assert lrs(opt)[0] == pytest.approx(expected, rel=REL)

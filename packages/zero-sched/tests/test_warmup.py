@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import REL, lrs, make_optimizer, trajectory
 
+from conftest import REL, lrs, make_optimizer, trajectory
 from zero_sched import WarmupCosineLR, WarmupDecayLR, WarmupLR
 
 
@@ -50,7 +50,9 @@ def test_warmup_lr_linear_defaults(index, expected):
 @pytest.mark.parametrize("steps", [1, 2])
 def test_warmup_steps_below_two_act_as_two(steps):
     opt = make_optimizer()
-    sched = WarmupLR(opt, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=steps, warmup_type="linear")
+    sched = WarmupLR(
+        opt, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=steps, warmup_type="linear"
+    )
     assert [row[0] for row in trajectory(sched, opt, 4)] == [0.0, 0.0, 0.5, 1.0, 1.0]
     opt = make_optimizer()
     sched = WarmupLR(opt, warmup_min_lr=0.0, warmup_max_lr=1.0, warmup_num_steps=steps)
@@ -59,8 +61,13 @@ def test_warmup_steps_below_two_act_as_two(steps):
 
 def test_warmup_lr_per_group_lists():
     opt = make_optimizer(groups=2)
-    sched = WarmupLR(opt, warmup_min_lr=[0.0, 0.1], warmup_max_lr=[1.0, 0.3], warmup_num_steps=4,
-                     warmup_type="linear")
+    sched = WarmupLR(
+        opt,
+        warmup_min_lr=[0.0, 0.1],
+        warmup_max_lr=[1.0, 0.3],
+        warmup_num_steps=4,
+        warmup_type="linear",
+    )
     sched.step(1)
     assert lrs(opt) == pytest.approx([0.25, 0.15], rel=REL)
     assert sched.get_last_lr() == pytest.approx([0.25, 0.15], rel=REL)
@@ -81,8 +88,9 @@ def test_warmup_lr_per_group_lists():
 )
 def test_warmup_decay_lr_linear(index, expected):
     opt = make_optimizer()
-    sched = WarmupDecayLR(opt, total_num_steps=12, warmup_max_lr=1.0, warmup_num_steps=4,
-                          warmup_type="linear")
+    sched = WarmupDecayLR(
+        opt, total_num_steps=12, warmup_max_lr=1.0, warmup_num_steps=4, warmup_type="linear"
+    )
     assert lr_at(sched, opt, index) == pytest.approx(expected, rel=REL, abs=1e-18)
 
 
@@ -91,8 +99,9 @@ def test_warmup_decay_lr_decays_to_min_lr_and_has_reference_default_max():
     sched = WarmupDecayLR(opt, total_num_steps=20, warmup_num_steps=10)
     assert sched.max_lrs == [0.001]  # DeepSpeed's default peak for WarmupDecayLR
     opt = make_optimizer()
-    sched = WarmupDecayLR(opt, total_num_steps=20, warmup_min_lr=0.01, warmup_max_lr=0.11,
-                          warmup_num_steps=10)
+    sched = WarmupDecayLR(
+        opt, total_num_steps=20, warmup_min_lr=0.01, warmup_max_lr=0.11, warmup_num_steps=10
+    )
     sched.step(15)  # gamma = (20 - 15) / 10
     assert lrs(opt)[0] == pytest.approx(0.01 + 0.1 * 0.5, rel=REL)
     sched.step(30)
@@ -126,8 +135,14 @@ def cosine_ratio(progress: float, floor: float) -> float:
 def test_warmup_cosine_lr(index, ratio):
     opt = make_optimizer(groups=2)
     opt.param_groups[1]["lr"] = 0.02
-    sched = WarmupCosineLR(opt, total_num_steps=10, warmup_min_ratio=0.05, warmup_num_steps=3,
-                           cos_min_ratio=0.1, warmup_type="linear")
+    sched = WarmupCosineLR(
+        opt,
+        total_num_steps=10,
+        warmup_min_ratio=0.05,
+        warmup_num_steps=3,
+        cos_min_ratio=0.1,
+        warmup_type="linear",
+    )
     if index >= 0:
         sched.step(index)
     assert lrs(opt) == pytest.approx([0.1 * ratio, 0.02 * ratio], rel=REL, abs=1e-18)
@@ -136,7 +151,11 @@ def test_warmup_cosine_lr(index, ratio):
 def test_warmup_cosine_log_warmup_and_reference_defaults():
     opt = make_optimizer(lr=1.0)
     sched = WarmupCosineLR(opt, total_num_steps=2000)
-    assert (sched.warmup_min_ratio, sched.warmup_num_steps, sched.cos_min_ratio) == (0.0, 1000, 0.0001)
+    assert (sched.warmup_min_ratio, sched.warmup_num_steps, sched.cos_min_ratio) == (
+        0.0,
+        1000,
+        0.0001,
+    )
     sched.step(99)
     assert lrs(opt)[0] == pytest.approx(math.log(100) / math.log(1000), rel=REL)
     sched.step(1999)

@@ -46,7 +46,13 @@ _ONE_CYCLE_FLAGS = (
     "cycle_max_mom",
     "decay_mom_rate",
 )
-_WARMUP_FLAGS = ("warmup_min_lr", "warmup_max_lr", "warmup_num_steps", "warmup_type", "total_num_steps")
+_WARMUP_FLAGS = (
+    "warmup_min_lr",
+    "warmup_max_lr",
+    "warmup_num_steps",
+    "warmup_type",
+    "total_num_steps",
+)
 _WARMUP_COSINE_FLAGS = (
     "warmup_num_steps",
     "warmup_type",
@@ -59,52 +65,129 @@ _WARMUP_COSINE_FLAGS = (
 def add_tuning_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the "Convergence Tuning" flags (DeepSpeed's names) to ``parser`` and return it."""
     group = parser.add_argument_group("Convergence Tuning", "learning-rate schedule flags")
-    group.add_argument("--lr_schedule", type=str, default=None, choices=VALID_LR_SCHEDULES,
-                       help="schedule type")
-    group.add_argument("--lr_range_test_min_lr", type=float, default=None,
-                       help="LRRangeTest starting lr (default 1e-3)")
-    group.add_argument("--lr_range_test_step_rate", type=float, default=None,
-                       help="LRRangeTest growth per step_size (default 1.0)")
-    group.add_argument("--lr_range_test_step_size", type=int, default=None,
-                       help="LRRangeTest steps per growth unit (default 2000)")
-    group.add_argument("--lr_range_test_staircase", action="store_true", default=None,
-                       help="LRRangeTest grows in stairs instead of continuously")
-    group.add_argument("--cycle_first_step_size", type=int, default=None,
-                       help="OneCycle steps up to the peak (default 2000)")
-    group.add_argument("--cycle_first_stair_count", type=int, default=None,
-                       help="OneCycle stairs on the way up (default 0, continuous)")
-    group.add_argument("--cycle_second_step_size", type=int, default=None,
-                       help="OneCycle steps down from the peak (default: first step size)")
-    group.add_argument("--cycle_second_stair_count", type=int, default=None,
-                       help="OneCycle stairs on the way down (default: first stair count)")
-    group.add_argument("--decay_step_size", type=int, default=None,
-                       help="OneCycle steps per post-cycle decay unit (default 0, no decay)")
+    group.add_argument(
+        "--lr_schedule", type=str, default=None, choices=VALID_LR_SCHEDULES, help="schedule type"
+    )
+    group.add_argument(
+        "--lr_range_test_min_lr",
+        type=float,
+        default=None,
+        help="LRRangeTest starting lr (default 1e-3)",
+    )
+    group.add_argument(
+        "--lr_range_test_step_rate",
+        type=float,
+        default=None,
+        help="LRRangeTest growth per step_size (default 1.0)",
+    )
+    group.add_argument(
+        "--lr_range_test_step_size",
+        type=int,
+        default=None,
+        help="LRRangeTest steps per growth unit (default 2000)",
+    )
+    group.add_argument(
+        "--lr_range_test_staircase",
+        action="store_true",
+        default=None,
+        help="LRRangeTest grows in stairs instead of continuously",
+    )
+    group.add_argument(
+        "--cycle_first_step_size",
+        type=int,
+        default=None,
+        help="OneCycle steps up to the peak (default 2000)",
+    )
+    group.add_argument(
+        "--cycle_first_stair_count",
+        type=int,
+        default=None,
+        help="OneCycle stairs on the way up (default 0, continuous)",
+    )
+    group.add_argument(
+        "--cycle_second_step_size",
+        type=int,
+        default=None,
+        help="OneCycle steps down from the peak (default: first step size)",
+    )
+    group.add_argument(
+        "--cycle_second_stair_count",
+        type=int,
+        default=None,
+        help="OneCycle stairs on the way down (default: first stair count)",
+    )
+    group.add_argument(
+        "--decay_step_size",
+        type=int,
+        default=None,
+        help="OneCycle steps per post-cycle decay unit (default 0, no decay)",
+    )
     group.add_argument("--cycle_min_lr", type=float, default=None, help="OneCycle lr lower bound")
     group.add_argument("--cycle_max_lr", type=float, default=None, help="OneCycle lr upper bound")
-    group.add_argument("--decay_lr_rate", type=float, default=None,
-                       help="OneCycle post-cycle lr decay rate (default 0)")
-    group.add_argument("--cycle_momentum", action="store_true", default=None,
-                       help="OneCycle cycles momentum inversely to the lr")
-    group.add_argument("--cycle_min_mom", type=float, default=None,
-                       help="OneCycle momentum lower bound (default 0.8)")
-    group.add_argument("--cycle_max_mom", type=float, default=None,
-                       help="OneCycle momentum upper bound (default 0.9)")
-    group.add_argument("--decay_mom_rate", type=float, default=None,
-                       help="OneCycle post-cycle momentum rate (default 0)")
-    group.add_argument("--warmup_min_lr", type=float, default=None,
-                       help="WarmupLR/WarmupDecayLR starting lr (default 0)")
-    group.add_argument("--warmup_max_lr", type=float, default=None,
-                       help="WarmupLR/WarmupDecayLR peak lr")
-    group.add_argument("--warmup_num_steps", type=int, default=None,
-                       help="warmup steps (default 1000)")
-    group.add_argument("--warmup_type", type=str, default=None, choices=("log", "linear"),
-                       help="warmup ramp (default log)")
-    group.add_argument("--warmup_min_ratio", type=float, default=None,
-                       help="WarmupCosineLR starting ratio (default 0)")
-    group.add_argument("--cos_min_ratio", type=float, default=None,
-                       help="WarmupCosineLR final ratio (default 1e-4)")
-    group.add_argument("--total_num_steps", type=int, default=None,
-                       help="WarmupDecayLR/WarmupCosineLR total steps")
+    group.add_argument(
+        "--decay_lr_rate",
+        type=float,
+        default=None,
+        help="OneCycle post-cycle lr decay rate (default 0)",
+    )
+    group.add_argument(
+        "--cycle_momentum",
+        action="store_true",
+        default=None,
+        help="OneCycle cycles momentum inversely to the lr",
+    )
+    group.add_argument(
+        "--cycle_min_mom",
+        type=float,
+        default=None,
+        help="OneCycle momentum lower bound (default 0.8)",
+    )
+    group.add_argument(
+        "--cycle_max_mom",
+        type=float,
+        default=None,
+        help="OneCycle momentum upper bound (default 0.9)",
+    )
+    group.add_argument(
+        "--decay_mom_rate",
+        type=float,
+        default=None,
+        help="OneCycle post-cycle momentum rate (default 0)",
+    )
+    group.add_argument(
+        "--warmup_min_lr",
+        type=float,
+        default=None,
+        help="WarmupLR/WarmupDecayLR starting lr (default 0)",
+    )
+    group.add_argument(
+        "--warmup_max_lr", type=float, default=None, help="WarmupLR/WarmupDecayLR peak lr"
+    )
+    group.add_argument(
+        "--warmup_num_steps", type=int, default=None, help="warmup steps (default 1000)"
+    )
+    group.add_argument(
+        "--warmup_type",
+        type=str,
+        default=None,
+        choices=("log", "linear"),
+        help="warmup ramp (default log)",
+    )
+    group.add_argument(
+        "--warmup_min_ratio",
+        type=float,
+        default=None,
+        help="WarmupCosineLR starting ratio (default 0)",
+    )
+    group.add_argument(
+        "--cos_min_ratio",
+        type=float,
+        default=None,
+        help="WarmupCosineLR final ratio (default 1e-4)",
+    )
+    group.add_argument(
+        "--total_num_steps", type=int, default=None, help="WarmupDecayLR/WarmupCosineLR total steps"
+    )
     return parser
 
 
@@ -114,14 +197,18 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[argparse.Namespace, 
     return parser.parse_known_args(argv)
 
 
-def _override(args: argparse.Namespace, params: MutableMapping[str, Any], names: tuple[str, ...]) -> None:
+def _override(
+    args: argparse.Namespace, params: MutableMapping[str, Any], names: tuple[str, ...]
+) -> None:
     for name in names:
         value = getattr(args, name, None)
         if value is not None:
             params[name] = value
 
 
-def override_lr_range_test_params(args: argparse.Namespace, params: MutableMapping[str, Any]) -> None:
+def override_lr_range_test_params(
+    args: argparse.Namespace, params: MutableMapping[str, Any]
+) -> None:
     """Copy the LRRangeTest flags the user gave into ``params``."""
     _override(args, params, _LR_RANGE_TEST_FLAGS)
 
@@ -131,12 +218,14 @@ def override_1cycle_params(args: argparse.Namespace, params: MutableMapping[str,
     _override(args, params, _ONE_CYCLE_FLAGS)
 
 
-def override_warmupLR_params(args: argparse.Namespace, params: MutableMapping[str, Any]) -> None:  # noqa: N802 - DeepSpeed's name
+def override_warmupLR_params(args: argparse.Namespace, params: MutableMapping[str, Any]) -> None:
     """Copy the WarmupLR / WarmupDecayLR flags the user gave into ``params``."""
     _override(args, params, _WARMUP_FLAGS)
 
 
-def override_warmupCosineLR_params(args: argparse.Namespace, params: MutableMapping[str, Any]) -> None:  # noqa: N802 - DeepSpeed's name
+def override_warmupCosineLR_params(
+    args: argparse.Namespace, params: MutableMapping[str, Any]
+) -> None:
     """Copy the WarmupCosineLR flags the user gave into ``params``."""
     _override(args, params, _WARMUP_COSINE_FLAGS)
 
@@ -182,7 +271,10 @@ def get_config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any] | Non
     if schedule is None:
         return None, "--lr_schedule not specified on command line"
     if schedule not in _OVERRIDES:
-        return None, f"{schedule} is not a supported LR schedule; valid: {', '.join(VALID_LR_SCHEDULES)}"
+        return (
+            None,
+            f"{schedule} is not a supported LR schedule; valid: {', '.join(VALID_LR_SCHEDULES)}",
+        )
     params: dict[str, Any] = {}
     override_params(args, params, schedule)
     return {"type": schedule, "params": params}, None

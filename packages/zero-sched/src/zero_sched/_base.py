@@ -171,9 +171,9 @@ class Schedule(LRScheduler):
         if "last_epoch" in state_dict:
             position = as_count("last_epoch", state_dict["last_epoch"], minimum=0)
         elif "last_batch_iteration" in state_dict:
-            position = as_count(
-                "last_batch_iteration", state_dict["last_batch_iteration"], minimum=-1
-            ) + 1
+            position = (
+                as_count("last_batch_iteration", state_dict["last_batch_iteration"], minimum=-1) + 1
+            )
         else:
             raise ValueError(
                 "state_dict has neither 'last_epoch' nor 'last_batch_iteration'; it is not a "

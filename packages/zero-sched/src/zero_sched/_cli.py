@@ -60,8 +60,12 @@ def build_parser(prog: str = "python -m zero_sched") -> argparse.ArgumentParser:
     )
     plot.add_argument("config", help="JSON file: a DeepSpeed config or a scheduler block")
     plot.add_argument("--steps", type=int, required=True, help="optimizer steps to trace")
-    plot.add_argument("--lr", type=float, default=None,
-                      help="optimizer lr (default: the config's optimizer lr, else 1e-3)")
+    plot.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="optimizer lr (default: the config's optimizer lr, else 1e-3)",
+    )
     plot.add_argument("-o", "--output", default=None, help="also write the curve to this PNG")
     plot.set_defaults(handler=_plot)
     return parser

@@ -76,7 +76,9 @@ def _batches(data: Iterable[Any]) -> Iterator[Any]:
             return
 
 
-def _default_forward(loss_fn: Callable[..., torch.Tensor]) -> Callable[[torch.nn.Module, Any], torch.Tensor]:
+def _default_forward(
+    loss_fn: Callable[..., torch.Tensor],
+) -> Callable[[torch.nn.Module, Any], torch.Tensor]:
     def forward(model: torch.nn.Module, batch: Any) -> torch.Tensor:
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise TypeError(

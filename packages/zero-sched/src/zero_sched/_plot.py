@@ -46,7 +46,9 @@ def _optimizer_for(config: Mapping[str, Any], base_lr: float | None) -> torch.op
     return torch.optim.AdamW([param], lr=base_lr)
 
 
-def trace_schedule(config: Mapping[str, Any], steps: int, base_lr: float | None = None) -> ScheduleTrace:
+def trace_schedule(
+    config: Mapping[str, Any], steps: int, base_lr: float | None = None
+) -> ScheduleTrace:
     """Build the schedule a config describes and record ``steps`` optimizer steps of it.
 
     Args:
@@ -84,13 +86,19 @@ def text_chart(values: Sequence[float], *, title: str, width: int = 64, height: 
     lo, hi = min(values), max(values)
     span = hi - lo
     columns = min(width, len(values))
-    # Each column shows the value at the step it covers (sampled, not averaged, so a
-    # staircase stays a staircase).
-    picks = [values[(c * (len(values) - 1)) // max(1, columns - 1)] for c in range(columns)]
     rows = [[" "] * columns for _ in range(height)]
-    for c, v in enumerate(picks):
-        level = 0 if span == 0 else round((v - lo) / span * (height - 1))
-        rows[height - 1 - level][c] = "*"
+
+    def level(v: float) -> int:
+        return 0 if span == 0 else round((v - lo) / span * (height - 1))
+
+    # Each column covers a run of steps and marks every level its values reach, so a peak
+    # or a single-step jump is never lost to sampling.
+    for c in range(columns):
+        start = c * len(values) // columns
+        stop = max(start + 1, (c + 1) * len(values) // columns)
+        bucket = values[start:stop]
+        for r in range(level(min(bucket)), level(max(bucket)) + 1):
+            rows[height - 1 - r][c] = "*"
     label_width = len(_format(hi))
     lines = [title]
     for r, row in enumerate(rows):
@@ -131,7 +139,9 @@ def plot_png(
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError('writing a PNG needs matplotlib: pip install "zero-sched[plot]"') from exc
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3 * len(panels)), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(8, 3 * len(panels)), sharex=True, squeeze=False
+    )
     for (label, values), (axis,) in zip(panels, axes):
         axis.plot(range(len(values)) if x is None else x, values)
         axis.set_ylabel(label)
@@ -141,7 +151,9 @@ def plot_png(
         axes[-1][0].set_xscale("log")
     fig.tight_layout()
     target = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".plot-", suffix=".png", dir=os.path.dirname(os.path.abspath(target)))
+    fd, tmp = tempfile.mkstemp(
+        prefix=".plot-", suffix=".png", dir=os.path.dirname(os.path.abspath(target))
+    )
     try:
         with os.fdopen(fd, "wb") as handle:
             fig.savefig(handle, format="png")
@@ -175,4 +187,3 @@ def describe(trace: ScheduleTrace) -> str:
             f"last {trace.momenta[-1]:.4f}"
         )
     return "\n".join(parts)
-

@@ -176,7 +176,9 @@ class WarmupCosineLR(Schedule):
         last_batch_iteration: int = -1,
     ) -> None:
         optimizer = require_optimizer(optimizer)
-        self.warmup_min_ratio = as_float("warmup_min_ratio", warmup_min_ratio, minimum=0.0, maximum=1.0)
+        self.warmup_min_ratio = as_float(
+            "warmup_min_ratio", warmup_min_ratio, minimum=0.0, maximum=1.0
+        )
         self.cos_min_ratio = as_float("cos_min_ratio", cos_min_ratio, minimum=0.0, maximum=1.0)
         self.warmup_num_steps, self.warmup_type = _check_warmup(warmup_num_steps, warmup_type)
         self.total_num_steps = _check_total(total_num_steps, self.warmup_num_steps)
