@@ -305,8 +305,11 @@ def release(session: nox.Session) -> None:
     ):
         session.error(f"tag {tag} already exists; bump the version in {dist}'s __init__.py first")
     changelog = (_dist_dir(dist) / "CHANGELOG.md").read_text() if dist != META else ""
-    if dist != META and not re.search(rf"^## \[?{re.escape(version)}\]?", changelog, re.M):
+    heading = re.search(rf"^## \[?{re.escape(version)}\]?.*$", changelog, re.M)
+    if dist != META and not heading:
         session.error(f"{dist}/CHANGELOG.md has no '## {version}' section")
+    if heading and "unreleased" in heading.group(0).lower():
+        session.error(f"{dist}/CHANGELOG.md still calls {version} unreleased; put the date there")
     outdir = ROOT / "dist" / dist
     outdir.mkdir(parents=True, exist_ok=True)
     session.run(sys.executable, "-m", "pip", "install", "-q", "build", external=True)

@@ -49,7 +49,7 @@ class Schedule(LRScheduler):
     """
 
     #: Keys of ``__dict__`` that ``load_state_dict`` must never overwrite.
-    _NOT_STATE: ClassVar[frozenset[str]] = frozenset({"optimizer"})
+    _NOT_STATE: ClassVar[frozenset[str]] = frozenset({"optimizer", "_scale_memo"})
 
     def __init__(self, optimizer: Optimizer, last_batch_iteration: int = -1) -> None:
         last_batch_iteration = as_count("last_batch_iteration", last_batch_iteration, minimum=-1)
@@ -120,23 +120,35 @@ class Schedule(LRScheduler):
     def _apply(self) -> None:
         """Write the values for the current position into the optimizer."""
         index = self.last_batch_iteration
-        for group, lr in zip(self.optimizer.param_groups, self.lr_at(index)):
-            _write(group, "lr", lr)
-        momenta = self.momentum_at(index)
-        if momenta is not None and self._momentum_key is not None:
-            for group, momentum in zip(self.optimizer.param_groups, momenta):
-                if self._momentum_key == "betas":
-                    beta1, beta2 = group["betas"]
-                    if isinstance(beta1, torch.Tensor):
-                        beta1.fill_(momentum)
-                    else:
-                        group["betas"] = (momentum, beta2)
-                else:
-                    _write(group, self._momentum_key, momentum)
-        self._last_lr = [
-            group["lr"].clone() if isinstance(group["lr"], torch.Tensor) else group["lr"]
-            for group in self.optimizer.param_groups
-        ]
+        lrs = self.lr_at(index)
+        groups = self.optimizer.param_groups
+        tensor_lrs = False
+        for group, lr in zip(groups, lrs):
+            current = group["lr"]
+            if isinstance(current, torch.Tensor):
+                current.fill_(lr)
+                tensor_lrs = True
+            else:
+                group["lr"] = lr
+        if self._momentum_key is not None:
+            momenta = self.momentum_at(index)
+            if momenta is not None:
+                self._write_momenta(groups, momenta)
+        # get_last_lr() must not alias tensor lrs the optimizer will keep changing.
+        self._last_lr = [g["lr"].clone() for g in groups] if tensor_lrs else lrs
+
+    def _write_momenta(self, groups: list[dict[str, Any]], momenta: list[float]) -> None:
+        key = self._momentum_key
+        if key != "betas":
+            for group, momentum in zip(groups, momenta):
+                _write(group, key, momentum)
+            return
+        for group, momentum in zip(groups, momenta):
+            betas = group["betas"]
+            if isinstance(betas[0], torch.Tensor):
+                betas[0].fill_(momentum)
+            else:
+                group["betas"] = (momentum, betas[1])
 
     # -- state ----------------------------------------------------------------------------
 

@@ -124,6 +124,15 @@ class OneCycle(Schedule):
 
     def scale_at(self, batch_iteration: int) -> float:
         """Height within the cycle, 0 at the ends and 1 at the peak. See [Note: 1Cycle shape]."""
+        # lr and momentum of one step both need the scale: remember the last one.
+        memo = self.__dict__.get("_scale_memo")
+        if memo is not None and memo[0] == batch_iteration:
+            return memo[1]
+        scale = self._compute_scale(batch_iteration)
+        self.__dict__["_scale_memo"] = (batch_iteration, scale)
+        return scale
+
+    def _compute_scale(self, batch_iteration: int) -> float:
         batches = batch_iteration + 1
         position = batches % self.total_size
         rising = position <= self.first_step_size

@@ -1,0 +1,147 @@
+"""Sphinx configuration for the zerospeed documentation.
+
+Pages are Markdown (myst-parser); the API pages run autodoc inside ``{eval-rst}`` blocks so
+that docstrings are parsed as reStructuredText (Google style, through napoleon). The build
+must stay warning-free under ``sphinx-build -W``; ``nox -s docs`` runs it that way.
+
+The packages are imported, not read from source: install them first (``nox -s docs`` does,
+or ``pip install ./packages/zero-sched .``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from sphinx.util import logging
+
+import zero_sched
+import zerospeed
+
+DOCS = Path(__file__).parent
+
+# -- project ------------------------------------------------------------------------------
+
+project = "zerospeed"
+author = "zerospeed developers"
+copyright = "zerospeed developers"
+release = zerospeed.__version__
+version = release
+
+# -- general ------------------------------------------------------------------------------
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
+
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "requirements.txt"]
+
+# References that cannot be resolved (torch classes, typing constructs) stay plain text
+# instead of warnings. Classes are documented once, under their public zero_sched name;
+# autodoc records the defining private module (zero_sched._warmup.WarmupLR, ...) as the
+# canonical alias, so "Bases:" lines and type hints that use it still link.
+nitpicky = False
+
+# -- MyST ---------------------------------------------------------------------------------
+
+myst_heading_anchors = 3
+myst_enable_extensions = ["dollarmath", "deflist"]
+
+# -- autodoc / napoleon -------------------------------------------------------------------
+
+autodoc_default_options = {
+    "members": True,
+    "show-inheritance": True,
+    # torch's LRScheduler methods (and their torch-flavoured docstrings) stay out of our
+    # pages; zero-sched documents what it defines.
+    "inherited-members": False,
+    "undoc-members": False,
+}
+autodoc_member_order = "bysource"
+autodoc_class_signature = "mixed"
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
+autodoc_preserve_defaults = True
+
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+
+# -- HTML ---------------------------------------------------------------------------------
+
+html_theme = "alabaster"
+html_title = f"zerospeed {release}"
+html_static_path: list[str] = []
+html_theme_options = {
+    "description": "DeepSpeed's training stack on plain PyTorch",
+    "fixed_sidebar": True,
+}
+
+# -- keeping the API pages honest ----------------------------------------------------------
+
+_logger = logging.getLogger(__name__)
+
+#: Public API of each importable package -> the page that must document all of it.
+_API_PAGES = {
+    "zero_sched": (zero_sched, DOCS / "api" / "zero-sched.md"),
+}
+
+
+def _check_api_pages(app, config) -> None:
+    """Warn (an error under -W) when a name in ``__all__`` is missing from its API page."""
+    for package, (module, page) in _API_PAGES.items():
+        text = page.read_text(encoding="utf-8")
+        documented = set(
+            re.findall(rf"^\.\. (?:auto\w+|py:\w+):: {package}\.(\w+)", text, flags=re.M)
+        )
+        public = {name for name in module.__all__ if not name.startswith("__")}
+        for name in sorted(public - documented):
+            _logger.warning(
+                "%s.%s is in %s.__all__ but not documented in %s",
+                package,
+                name,
+                package,
+                page.relative_to(DOCS),
+            )
+        for name in sorted(documented - public):
+            _logger.warning(
+                "%s documents %s.%s, which is not in %s.__all__",
+                page.relative_to(DOCS),
+                package,
+                name,
+                package,
+            )
+
+
+_COLON = re.compile(r"(?<!:):(?!:)")
+
+
+def _plain_property_summary(app, what, name, obj, options, lines) -> None:
+    """Keep napoleon from reading a property summary's first colon as a type.
+
+    napoleon treats ``"text: more"`` at the top of a property docstring as ``type:
+    description``. Runs before napoleon (lower priority) and puts the property's return
+    annotation in front, so the colon in the prose stays prose.
+    """
+    if what != "property" or not lines:
+        return
+    first = re.sub(r"``.*?``|`.*?`", "", lines[0])
+    if not _COLON.search(first):
+        return
+    getter = getattr(obj, "fget", None)
+    annotation = getattr(getter, "__annotations__", {}).get("return")
+    if not isinstance(annotation, str):  # a real type when annotations are not postponed
+        annotation = getattr(annotation, "__name__", None)
+    if annotation:
+        lines[0] = f"{annotation}: {lines[0]}"
+
+
+def setup(app):
+    app.connect("config-inited", _check_api_pages)
+    app.connect("autodoc-process-docstring", _plain_property_summary, priority=400)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
