@@ -125,11 +125,11 @@ class Schedule(LRScheduler):
         tensor_lrs = False
         for group, lr in zip(groups, lrs):
             current = group["lr"]
-            if isinstance(current, torch.Tensor):
+            if type(current) is float or not isinstance(current, torch.Tensor):  # fast path first
+                group["lr"] = lr
+            else:
                 current.fill_(lr)
                 tensor_lrs = True
-            else:
-                group["lr"] = lr
         if self._momentum_key is not None:
             momenta = self.momentum_at(index)
             if momenta is not None:
@@ -144,11 +144,11 @@ class Schedule(LRScheduler):
                 _write(group, key, momentum)
             return
         for group, momentum in zip(groups, momenta):
-            betas = group["betas"]
-            if isinstance(betas[0], torch.Tensor):
-                betas[0].fill_(momentum)
+            beta1, beta2 = group["betas"]
+            if type(beta1) is float or not isinstance(beta1, torch.Tensor):
+                group["betas"] = (momentum, beta2)
             else:
-                group["betas"] = (momentum, betas[1])
+                beta1.fill_(momentum)
 
     # -- state ----------------------------------------------------------------------------
 
