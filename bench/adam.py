@@ -1,0 +1,388 @@
+"""Time of one CPU Adam step: zero_optim's CPUAdam against torch's Adam paths and DeepSpeed's.
+
+What it measures
+    The wall-clock time of one ``optimizer.step()`` over a single flat fp32 tensor of
+    ``--sizes`` parameters (16M and 128M by default; K/M/G are binary, so 16M is 16 * 2**20
+    params), for
+
+    * zero_optim ``CPUAdam`` (fp32 params, grads and states);
+    * ``torch.optim.Adam(foreach=True)`` (multi-tensor path);
+    * ``torch.optim.AdamW(fused=True)`` (torch's fused CPU kernel);
+    * ``torch.optim.Adam(foreach=False)`` (the default single-tensor for-loop path on CPU);
+    * DeepSpeed's ``DeepSpeedCPUAdam`` when ``deepspeed`` imports and its ``cpu_adam`` op
+      builds (a JIT C++ build on first use); its row reads "n/a" with the reason otherwise;
+
+    and, as extra rows, zero_optim ``CPUAdam`` writing a bf16 copy of the updated params in
+    the same sweep (``fp16_param_groups``), and ``CPUAdam`` on bf16 params and grads with fp32
+    states. Every row uses lr=1e-3, betas=(0.9, 0.999), eps=1e-8 and weight_decay=0, so Adam
+    and AdamW are the same update and every row does the same arithmetic.
+
+Why
+    With ZeRO-Offload the optimizer states live in CPU memory and the optimizer step runs on
+    the CPU, so a training step can go no faster than the CPU Adam step over every parameter.
+    That step does a handful of flops per parameter but moves 28 bytes (read param, grad,
+    exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq): it is bound by memory bandwidth,
+    not by arithmetic. The meaningful yardstick is therefore the machine's streaming
+    bandwidth, and the question is how close each implementation gets to it.
+
+Method
+    * Bandwidth: an in-place ``a.add_(b)`` over two fp32 buffers of the same element count,
+      on the same number of threads, counted as 12 bytes per element (read a, read b, write
+      a); the best of ``--repeats`` runs after 2 warm-ups. The fp32 Adam limit is then
+      ``28 * n / bandwidth``. A plain ``dst.copy_(src)`` (8 bytes per element) is reported
+      for information. Neither counts write-allocate traffic; Adam's 28 bytes do not either.
+    * Correctness, before any timing and at every size: one step from identical inputs with
+      CPUAdam and with ``torch.optim.AdamW`` (weight_decay 0 and 0.01) must agree to atol
+      1e-6, and the bf16 copy must equal the updated fp32 params rounded to bf16; the script
+      aborts otherwise.
+    * Timing: each optimizer gets fresh params and states, takes 2 warm-up steps (which also
+      allocate and fault in its states), then ``--repeats`` steps are timed one by one with
+      ``time.perf_counter``; best and median are reported. Its tensors are freed before the
+      next optimizer is built, so besides the shared initial params and grads (8 bytes/param)
+      at most one optimizer's params and states (~12 bytes/param) are alive at once.
+    * Threads: ``torch.set_num_threads(--threads)`` (torch's and DeepSpeed's OpenMP) and
+      ``CPUAdam(num_threads=--threads)``.
+
+Columns
+    Mparams/s is 1e6 params per second of the best time. "% of add_-probe limit" is the
+    row's bytes per param (28 for fp32 Adam, 30 with the bf16 copy, 22 for bf16 params with
+    fp32 states) times n over the probe bandwidth, divided by the best time. "ratio" is the
+    best time of the fastest non-zero_optim row (torch fused/foreach/single, DeepSpeed)
+    divided by this row's best time: above 1, this row is faster than every alternative.
+
+Run
+    python bench/adam.py [--sizes 16M,128M] [--repeats 10] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from zero_optim._adam import CPUAdam
+from zero_optim._native import cpu_features
+
+HYPER = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+WARMUP = 2
+ATOL = 1e-6
+FP32_ADAM_BYTES = 28  # read param, grad, exp_avg, exp_avg_sq; write param, exp_avg, exp_avg_sq
+ZERO = "zero_optim"
+
+
+@dataclass
+class Row:
+    label: str
+    bytes_per_param: int
+    times: list[float] | None = None  # seconds per step; None when the row could not run
+    note: str = ""
+
+    @property
+    def best(self) -> float:
+        assert self.times
+        return min(self.times)
+
+    @property
+    def median(self) -> float:
+        assert self.times
+        return statistics.median(self.times)
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in "KMG" else text
+    value = int(float(digits) * scale)
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return value
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg", encoding="utf-8") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def free() -> None:
+    gc.collect()
+
+
+def time_calls(fn: Callable[[], object], repeats: int) -> list[float]:
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send fd 1 to fd 2 (DeepSpeed's logging and its ninja/g++ build output included)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def load_deepspeed() -> tuple[type | None, str]:
+    """DeepSpeedCPUAdam if it imports, its op builds and a tiny step runs; else the reason."""
+    try:
+        with stdout_to_stderr():
+            import deepspeed
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            p = torch.zeros(1024, requires_grad=True)
+            p.grad = torch.ones(1024)
+            opt = DeepSpeedCPUAdam([p], **HYPER)
+            opt.step()
+            del opt, p
+    except Exception as e:  # any failure means the column is n/a
+        reason = f"{type(e).__name__}: {e}"
+        if e.__cause__ is not None:
+            reason += f" (caused by {type(e.__cause__).__name__}: {e.__cause__})"
+        return None, " ".join(reason.split())[:300]
+    return DeepSpeedCPUAdam, f"deepspeed {deepspeed.__version__}, cpu_adam op built and loaded"
+
+
+def _best_add(n: int, repeats: int) -> float:
+    a = torch.rand(n)
+    b = torch.rand(n)
+    return min(time_calls(lambda: a.add_(b), repeats))
+
+
+def _best_copy(n: int, repeats: int) -> float:
+    src = torch.rand(n)
+    dst = torch.empty(n)
+    return min(time_calls(lambda: dst.copy_(src), repeats))
+
+
+def probe_bandwidth(n: int, repeats: int) -> tuple[float, float]:
+    """(add_ bandwidth, copy_ bandwidth) in bytes/s over n-element fp32 buffers."""
+    add = _best_add(n, repeats)
+    free()
+    copy = _best_copy(n, repeats)
+    free()
+    return 12 * n / add, 8 * n / copy
+
+
+def check_correctness(p0: torch.Tensor, grad: torch.Tensor, threads: int) -> str:
+    """One step of CPUAdam vs torch.optim.AdamW from identical inputs; raise on a mismatch."""
+    report = []
+    for wd in (0.0, 0.01):
+        hyper = {**HYPER, "weight_decay": wd}
+        ref = p0.clone().requires_grad_()
+        ref.grad = grad
+        torch.optim.AdamW([ref], **hyper).step()
+        ref = ref.detach()
+        free()
+        ours = p0.clone().requires_grad_()
+        ours.grad = grad
+        copy = torch.empty(p0.shape, dtype=torch.bfloat16)
+        CPUAdam([ours], **hyper, num_threads=threads).step(fp16_param_groups=[[copy]])
+        ours = ours.detach()
+        free()
+        diff = (ours - ref).abs().max().item()
+        if not diff <= ATOL:
+            sys.exit(
+                f"ABORT: CPUAdam differs from torch.optim.AdamW (weight_decay={wd}) after one "
+                f"step: max |diff| = {diff:.3g} > atol {ATOL:g}"
+            )
+        if not torch.equal(copy, ours.to(torch.bfloat16)):
+            sys.exit(
+                f"ABORT: CPUAdam's bf16 copy (weight_decay={wd}) is not its updated fp32 "
+                f"params rounded to bf16"
+            )
+        report.append(f"weight_decay={wd}: max |diff| {diff:.2g}")
+        del ref, ours, copy
+        free()
+    return "; ".join(report)
+
+
+def time_optimizer(
+    make: Callable[[torch.Tensor], torch.optim.Optimizer],
+    p0: torch.Tensor,
+    grad: torch.Tensor,
+    repeats: int,
+    dtype: torch.dtype = torch.float32,
+    *,
+    with_copy: bool = False,
+) -> list[float]:
+    """Step times of a fresh optimizer on a copy of ``p0``; its tensors die on return."""
+    p = p0.to(dtype, copy=True).requires_grad_()
+    p.grad = grad if dtype == torch.float32 else grad.to(dtype)
+    opt = make(p)
+    if with_copy:
+        copies = [[torch.empty(p0.shape, dtype=torch.bfloat16)]]
+        return time_calls(lambda: opt.step(fp16_param_groups=copies), repeats)
+    return time_calls(opt.step, repeats)
+
+
+def bench_size(
+    n: int, repeats: int, threads: int, ds_adam: type | None, ds_reason: str
+) -> tuple[list[Row], float, float, str]:
+    """Check, probe bandwidth and time every optimizer at one size."""
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(n, generator=gen)
+    grad = torch.randn(n, generator=gen).mul_(1e-2)
+    check = check_correctness(p0, grad, threads)
+    add_bw, copy_bw = probe_bandwidth(n, repeats)
+
+    def zero(p: torch.Tensor) -> torch.optim.Optimizer:
+        return CPUAdam([p], **HYPER, num_threads=threads)
+
+    plan: list[tuple[Row, Callable[[torch.Tensor], torch.optim.Optimizer] | None, dict]] = [
+        (Row(f"{ZERO} CPUAdam (fp32)", 28), zero, {}),
+        (
+            Row("torch.optim.AdamW(fused=True)", 28),
+            lambda p: torch.optim.AdamW([p], **HYPER, fused=True),
+            {},
+        ),
+        (
+            Row("torch.optim.Adam(foreach=True)", 28),
+            lambda p: torch.optim.Adam([p], **HYPER, foreach=True),
+            {},
+        ),
+        (
+            Row("torch.optim.Adam(foreach=False) (default single-tensor)", 28),
+            lambda p: torch.optim.Adam([p], **HYPER, foreach=False),
+            {},
+        ),
+        (
+            Row("DeepSpeed DeepSpeedCPUAdam", 28, note=ds_reason),
+            None if ds_adam is None else (lambda p: ds_adam([p], **HYPER)),
+            {},
+        ),
+        (
+            Row(f"{ZERO} CPUAdam (fp32) + bf16 param copy in the same pass", 30),
+            zero,
+            {"with_copy": True},
+        ),
+        (
+            Row(f"{ZERO} CPUAdam (bf16 params/grads, fp32 states)", 22),
+            zero,
+            {"dtype": torch.bfloat16},
+        ),
+    ]
+    for row, make, kwargs in plan:
+        if make is None:
+            continue
+        quiet = (
+            stdout_to_stderr() if row.label.startswith("DeepSpeed") else contextlib.nullcontext()
+        )
+        with quiet:
+            row.times = time_optimizer(make, p0, grad, repeats, **kwargs)
+        free()
+    return [row for row, _, _ in plan], add_bw, copy_bw, check
+
+
+def size_name(n: int) -> str:
+    for suffix, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n % scale == 0:
+            return f"{n // scale}{suffix}"
+    return str(n)
+
+
+def print_table(n: int, rows: list[Row], add_bw: float, copy_bw: float, check: str) -> None:
+    limit_ms = FP32_ADAM_BYTES * n / add_bw * 1e3
+    print(f"## {size_name(n)} fp32 params ({n:,})")
+    print()
+    print(
+        f"- add_ probe (12 B/elem): {add_bw / 1e9:.2f} GB/s -> fp32 Adam limit (28 B/param): "
+        f"{limit_ms:.2f} ms/step"
+    )
+    print(f"- copy_ (8 B/elem, for information): {copy_bw / 1e9:.2f} GB/s")
+    print(
+        f"- correctness vs torch.optim.AdamW, one step: {check} (atol {ATOL:g}); "
+        f"bf16 copy == params.to(bf16): ok"
+    )
+    print()
+    alternatives = [r.best for r in rows if r.times and not r.label.startswith(ZERO)]
+    fastest_alt = min(alternatives) if alternatives else None
+    print(
+        "| optimizer | ms/step (best) | ms/step (median) | Mparams/s "
+        "| % of add_-probe limit | ratio vs fastest alternative |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if not r.times:
+            print(f"| {r.label} | n/a | n/a | n/a | n/a | n/a ({r.note}) |")
+            continue
+        pct = r.bytes_per_param * n / add_bw / r.best * 100
+        ratio = f"{fastest_alt / r.best:.2f}" if fastest_alt else "n/a"
+        print(
+            f"| {r.label} | {r.best * 1e3:.2f} | {r.median * 1e3:.2f} | "
+            f"{n / r.best / 1e6:.0f} | {pct:.0f}% | {ratio} |"
+        )
+    print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="16M,128M", help="comma-separated param counts")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per optimizer")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    try:
+        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError as e:
+        parser.error(f"--sizes: {e}")
+    if args.repeats < 1 or args.threads < 1:
+        parser.error("--repeats and --threads must be positive")
+    torch.set_num_threads(args.threads)
+
+    ds_adam, ds_reason = load_deepspeed()
+    print("# CPU Adam step time")
+    print()
+    print(f"- command: `{shlex.join([sys.executable, *sys.argv])}`")
+    print(f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.system()}")
+    print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)")
+    print(f"- load average (1/5/15 min) at start: {load_average()} (other work skews timings)")
+    print(f"- threads: {args.threads} (torch.get_num_threads() = {torch.get_num_threads()})")
+    print(f"- zero_optim.cpu_features(): {cpu_features()}")
+    print(f"- DeepSpeedCPUAdam: {'available' if ds_adam else 'n/a'} ({ds_reason})")
+    print(f"- hyperparameters: {HYPER}; {WARMUP} warm-up steps, {args.repeats} timed steps")
+    print("- bytes/param for the % column: 28 fp32 Adam, 30 with bf16 copy, 22 bf16 params")
+    print("- ratio = fastest non-zero_optim best time / this row's best time (>1: faster)")
+    print()
+    for n in sizes:
+        rows, add_bw, copy_bw, check = bench_size(n, args.repeats, args.threads, ds_adam, ds_reason)
+        print_table(n, rows, add_bw, copy_bw, check)
+        sys.stdout.flush()
+        del rows
+        free()
+
+
+if __name__ == "__main__":
+    main()

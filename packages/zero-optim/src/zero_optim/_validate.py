@@ -1,0 +1,32 @@
+"""Hyper-parameter checks shared by every optimizer (errors name the argument)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["check_betas", "check_nonnegative"]
+
+
+def check_nonnegative(name: str, value: Any) -> float:
+    """A finite number >= 0 (learning rates, eps, weight decay)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
+def check_betas(value: Any, name: str = "betas") -> tuple[float, float]:
+    """A pair of numbers each in [0, 1)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair (beta1, beta2), got {value!r}")
+    out = []
+    for i, beta in enumerate(value):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+            raise TypeError(f"{name}[{i}] must be a number, got {beta!r}")
+        if not 0.0 <= float(beta) < 1.0:
+            raise ValueError(f"{name}[{i}] must be in [0, 1), got {beta}")
+        out.append(float(beta))
+    return out[0], out[1]
