@@ -11,7 +11,7 @@
 
 #include "common.hpp"
 #include "cpu.hpp"
-#include "pool.hpp"
+#include "parallel.hpp"
 
 namespace py = pybind11;
 using zero_optim::DType;
@@ -103,8 +103,7 @@ int run_parallel(const std::vector<TensorSlots>& slots, const DTypes& d, const S
       ++i;
     }
   };
-  zero_optim::ThreadPool::instance().run(n, task);
-  return n;
+  return zero_optim::parallel_run(n, task);
 }
 
 int adam_step(const std::vector<std::uintptr_t>& params, const std::vector<std::uintptr_t>& grads,
@@ -180,5 +179,4 @@ PYBIND11_MODULE(_C, m) {
   m.def("lion_step", &lion_step);
   m.def("cpu_features", &cpu_features);
   m.def("select_isa", [](const std::string& isa) { zero_optim::select_table(isa); });
-  m.def("pool_size", [] { return zero_optim::ThreadPool::instance().size(); });
 }

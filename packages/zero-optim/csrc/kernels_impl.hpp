@@ -84,7 +84,7 @@ template <typename P, typename G, typename S, typename C, bool kL2>
 void adam_loop(P* __restrict p, const G* __restrict g, S* __restrict m, S* __restrict v,
                C* __restrict copy, std::size_t n, const AdamScalars& s) {
   const float b1c = s.one_minus_beta1, b2 = s.beta2, b2c = s.one_minus_beta2;
-  const float eps = s.eps, bc2 = s.bias_correction2_sqrt, decay = s.decay, l2 = s.l2;
+  const float eps = s.eps, inv_bc2 = 1.0f / s.bias_correction2_sqrt, decay = s.decay, l2 = s.l2;
   const float neg_step = -s.step_size;
   for (std::size_t i = 0; i < n; ++i) {
     float param = load(p[i]);
@@ -94,7 +94,7 @@ void adam_loop(P* __restrict p, const G* __restrict g, S* __restrict m, S* __res
     mi = mi + b1c * (grad - mi);
     float vi = load(v[i]);
     vi = vi * b2 + b2c * grad * grad;
-    const float denom = sqrt_f(vi) / bc2 + eps;
+    const float denom = sqrt_f(vi) * inv_bc2 + eps;
     param = param * decay;
     param = param + neg_step * (mi / denom);
     m[i] = store<S>(mi);

@@ -63,8 +63,9 @@ def _child(queue):
     queue.put(fingerprint(step_with(2)))
 
 
-def test_steps_work_in_a_forked_child_after_the_pool_started():
-    step_with(2)  # start the pool's threads in this process
+def test_forked_child_after_a_parallel_step_still_steps():
+    """libgomp cannot run a parallel region in such a child; the step falls back to one thread."""
+    step_with(2)  # run a parallel region in this process first
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_child, args=(queue,))
@@ -72,3 +73,12 @@ def test_steps_work_in_a_forked_child_after_the_pool_started():
     child.join(timeout=60)
     assert child.exitcode == 0
     assert queue.get(timeout=5) == fingerprint(step_with(2))
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_one_openmp_runtime_shared_with_torch():
+    """The kernels must use torch's libgomp, not a second runtime fighting it for the cores."""
+    step_with(2)
+    with open("/proc/self/maps") as maps:
+        gomp = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(gomp) <= 1, gomp

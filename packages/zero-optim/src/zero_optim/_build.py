@@ -129,8 +129,11 @@ def _choose(
         decoupled = key == "adamw" or adam_w_mode
         if torch_adam:
             return torch.optim.AdamW if decoupled else torch.optim.Adam
-        options["adamw_mode"] = decoupled
-        return CPUAdam if on_cpu else FusedAdam
+        if on_cpu:
+            options["adamw_mode"] = decoupled
+            return CPUAdam
+        options["adam_w_mode"] = decoupled
+        return FusedAdam
     ours: dict[str, Callable[..., torch.optim.Optimizer]] = {
         "cpuadam": CPUAdam,
         "fusedadam": FusedAdam,
