@@ -69,6 +69,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+
 from zero_optim._adam import CPUAdam
 from zero_optim._native import cpu_features
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from zero_optim._native import cpu_features, select_isa
 
 SUPPORTED_ISAS = cpu_features()["supported"]

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from zero_optim._adagrad import CPUAdagrad
 from zero_optim._native import cpu_features
 

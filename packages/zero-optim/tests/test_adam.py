@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from zero_optim._adam import CPUAdam
 
 # fp32 contract: after 100 steps every element is within atol + rtol * |ref| of torch's

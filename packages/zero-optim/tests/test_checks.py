@@ -12,7 +12,10 @@ from zero_optim import CPUAdagrad, CPUAdam, CPULion
 
 def snapshot(opt):
     params = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
-    states = {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for p, s in opt.state.items()}
+    states = {
+        id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+        for p, s in opt.state.items()
+    }
     return params, states
 
 
@@ -39,16 +42,32 @@ def two_param_optimizer(cls=CPUAdam):
 @pytest.mark.parametrize(
     ("spoil", "error", "message"),
     [
-        (lambda p: setattr(p, "grad", torch.ones(10).to_sparse()), ValueError, "param 1 of group 0 has a sparse gradient"),
-        (lambda p: (setattr(p, "grad_dtype", None), setattr(p, "grad", torch.ones(10, dtype=torch.float64))),
-         TypeError, "param 1 of group 0 is torch.float32 but its gradient is torch.float64"),
-        (lambda p: (setattr(p, "grad_dtype", None), setattr(p, "grad", torch.ones(10, dtype=torch.int32))),
-         TypeError, "gradients must be float32 or the param's dtype"),
+        (
+            lambda p: setattr(p, "grad", torch.ones(10).to_sparse()),
+            ValueError,
+            "param 1 of group 0 has a sparse gradient",
+        ),
+        (
+            lambda p: (
+                setattr(p, "grad_dtype", None),
+                setattr(p, "grad", torch.ones(10, dtype=torch.float64)),
+            ),
+            TypeError,
+            "param 1 of group 0 is torch.float32 but its gradient is torch.float64",
+        ),
+        (
+            lambda p: (
+                setattr(p, "grad_dtype", None),
+                setattr(p, "grad", torch.ones(10, dtype=torch.int32)),
+            ),
+            TypeError,
+            "gradients must be float32 or the param's dtype",
+        ),
     ],
     ids=["sparse", "float64-grad", "int-grad"],
 )
 def test_bad_grad_refuses_whole_step(cls, spoil, error, message):
-    opt, good, other = two_param_optimizer(cls)
+    opt, _good, other = two_param_optimizer(cls)
     before = snapshot(opt)
     spoil(other)
     with pytest.raises(error, match=message):
@@ -59,7 +78,9 @@ def test_bad_grad_refuses_whole_step(cls, spoil, error, message):
 def test_unsupported_param_dtype():
     p = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
     p.grad = torch.zeros(3, dtype=torch.float64)
-    with pytest.raises(TypeError, match="param 0 of group 0 has dtype torch.float64; the CPU kernels support"):
+    with pytest.raises(
+        TypeError, match=r"param 0 of group 0 has dtype torch\.float64; the CPU kernels support"
+    ):
         CPUAdam([p]).step()
 
 
@@ -68,7 +89,9 @@ def test_non_contiguous_param_is_refused_with_the_fix():
     p = torch.nn.Parameter(base.t())  # a transposed view: not contiguous
     p.grad = torch.ones(8, 8)
     opt = CPUAdam([p])
-    with pytest.raises(ValueError, match=r"param 0 of group 0 is not contiguous.*tensor.contiguous\(\)"):
+    with pytest.raises(
+        ValueError, match=r"param 0 of group 0 is not contiguous.*tensor.contiguous\(\)"
+    ):
         opt.step()
     assert not opt.state
 
@@ -88,7 +111,9 @@ def test_non_contiguous_grad_is_read_correctly():
 def test_device_param_refused_by_cpu_optimizer():
     p = torch.nn.Parameter(torch.zeros(3, device="meta"))
     p.grad = torch.zeros(3, device="meta")
-    with pytest.raises(ValueError, match="param 0 of group 0 is on meta; the CPU kernels need CPU tensors"):
+    with pytest.raises(
+        ValueError, match="param 0 of group 0 is on meta; the CPU kernels need CPU tensors"
+    ):
         CPUAdam([p]).step()
 
 
@@ -102,15 +127,29 @@ def test_params_without_grads_are_skipped():
 
 
 def test_fp16_param_groups_mismatches():
-    opt, good, other = two_param_optimizer()
+    opt, _, _ = two_param_optimizer()
     before = snapshot(opt)
     cases = [
-        ([[torch.zeros(10, dtype=torch.bfloat16)] * 2] * 2, ValueError, "fp16_param_groups has 2 groups, the optimizer has 1"),
-        ([[torch.zeros(10, dtype=torch.bfloat16)]], ValueError, r"fp16_param_groups\[0\] has 1 tensors, param group 0 has 2"),
-        ([[torch.zeros(10, dtype=torch.bfloat16), torch.zeros(9, dtype=torch.bfloat16)]], ValueError,
-         r"fp16_param_groups\[0\]\[1\] has shape \(9,\), expected \(10,\)"),
-        ([[torch.zeros(10, dtype=torch.bfloat16), torch.zeros(10)]], TypeError,
-         r"fp16_param_groups\[0\]\[1\] must be bf16/fp16"),
+        (
+            [[torch.zeros(10, dtype=torch.bfloat16)] * 2] * 2,
+            ValueError,
+            "fp16_param_groups has 2 groups, the optimizer has 1",
+        ),
+        (
+            [[torch.zeros(10, dtype=torch.bfloat16)]],
+            ValueError,
+            r"fp16_param_groups\[0\] has 1 tensors, param group 0 has 2",
+        ),
+        (
+            [[torch.zeros(10, dtype=torch.bfloat16), torch.zeros(9, dtype=torch.bfloat16)]],
+            ValueError,
+            r"fp16_param_groups\[0\]\[1\] has shape \(9,\), expected \(10,\)",
+        ),
+        (
+            [[torch.zeros(10, dtype=torch.bfloat16), torch.zeros(10)]],
+            TypeError,
+            r"fp16_param_groups\[0\]\[1\] must be bf16/fp16",
+        ),
     ]
     for copies, error, message in cases:
         with pytest.raises(error, match=message):
@@ -129,7 +168,11 @@ def test_fp16_param_groups_mismatches():
         ({"betas": 0.9}, ValueError, "betas must be a pair"),
         ({"eps": -1e-8}, ValueError, "eps must be a finite number >= 0"),
         ({"weight_decay": math.inf}, ValueError, "weight_decay must be a finite number >= 0"),
-        ({"amsgrad": True}, ValueError, r"CPUAdam does not implement amsgrad; use torch.optim.AdamW\(amsgrad=True\)"),
+        (
+            {"amsgrad": True},
+            ValueError,
+            r"CPUAdam does not implement amsgrad; use torch.optim.AdamW\(amsgrad=True\)",
+        ),
         ({"fp32_optimizer_states": "yes"}, TypeError, "fp32_optimizer_states must be a bool"),
     ],
 )

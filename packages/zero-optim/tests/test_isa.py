@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,7 +32,10 @@ def run_step(isa_name, dtype, copy_dtype=None):
     select_isa(isa_name)
     try:
         gen = torch.Generator().manual_seed(7)
-        params = [torch.nn.Parameter(torch.randn(n, generator=gen).to(dtype)) for n in (1, 31, 4097, 100003)]
+        params = [
+            torch.nn.Parameter(torch.randn(n, generator=gen).to(dtype))
+            for n in (1, 31, 4097, 100003)
+        ]
         copies = [torch.zeros_like(p, dtype=copy_dtype) for p in params] if copy_dtype else None
         opt = zero_optim.CPUAdam(params, lr=1e-2, weight_decay=0.1, num_threads=2)
         for _ in range(3):
@@ -48,8 +51,13 @@ def run_step(isa_name, dtype, copy_dtype=None):
 
 @pytest.mark.parametrize(
     ("dtype", "copy_dtype"),
-    [(torch.float32, None), (torch.float32, torch.bfloat16), (torch.float32, torch.float16),
-     (torch.bfloat16, None), (torch.float16, None)],
+    [
+        (torch.float32, None),
+        (torch.float32, torch.bfloat16),
+        (torch.float32, torch.float16),
+        (torch.bfloat16, None),
+        (torch.float16, None),
+    ],
 )
 def test_every_isa_is_bit_identical_to_baseline(dtype, copy_dtype):
     baseline = run_step("baseline", dtype, copy_dtype)
@@ -70,8 +78,12 @@ def test_select_unknown_isa_is_refused():
 def test_environment_variable_forces_a_kernel_set():
     code = "import zero_optim; print(zero_optim.cpu_features()['isa'])"
     env = dict(os.environ, ZERO_OPTIM_ISA="baseline")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "baseline"
     env["ZERO_OPTIM_ISA"] = "not-a-kernel-set"  # ignored: the best supported set is used
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == cpu_features()["supported"][0]

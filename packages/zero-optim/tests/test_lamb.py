@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from zero_optim._lamb import FusedLamb
 
 # Odd lengths, so any vectorised torch kernel leaves a scalar tail.

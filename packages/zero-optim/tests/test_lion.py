@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from zero_optim._lion import CPULion, FusedLion, torch_lion_step
 from zero_optim._native import cpu_features
 

@@ -101,8 +101,13 @@ def test_fused_adam_torch_path_matches_cpu_kernel():
         for adamw in (True, False):
             init = torch.randn(5000)
             ours = torch.nn.Parameter(init.clone())
-            opt = FusedAdam([ours], lr=1e-2, weight_decay=0.1, adam_w_mode=adamw,
-                            bias_correction=bias_correction)
+            opt = FusedAdam(
+                [ours],
+                lr=1e-2,
+                weight_decay=0.1,
+                adam_w_mode=adamw,
+                bias_correction=bias_correction,
+            )
             p, m, v, step = init.clone(), torch.zeros(5000), torch.zeros(5000), torch.zeros(())
             for i in range(20):
                 g = torch.randn(5000, generator=torch.Generator().manual_seed(i))
@@ -129,7 +134,10 @@ def test_fused_adam_on_cuda_matches_cpu():
     init = torch.randn(10000)
     gpu = torch.nn.Parameter(init.cuda())
     cpu = torch.nn.Parameter(init.clone())
-    og, oc = FusedAdam([gpu], lr=1e-2, weight_decay=0.1), FusedAdam([cpu], lr=1e-2, weight_decay=0.1)
+    og, oc = (
+        FusedAdam([gpu], lr=1e-2, weight_decay=0.1),
+        FusedAdam([cpu], lr=1e-2, weight_decay=0.1),
+    )
     for i in range(10):
         g = torch.randn(10000, generator=torch.Generator().manual_seed(i))
         gpu.grad, cpu.grad = g.cuda(), g.clone()

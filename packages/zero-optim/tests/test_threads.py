@@ -17,7 +17,9 @@ def test_default_is_torch_threads_for_a_single_rank(monkeypatch):
     assert default_num_threads() == 5
 
 
-@pytest.mark.parametrize(("cores", "local_world", "expected"), [(16, 4, 4), (16, 3, 5), (2, 8, 1), (8, 1, 3)])
+@pytest.mark.parametrize(
+    ("cores", "local_world", "expected"), [(16, 4, 4), (16, 3, 5), (2, 8, 1), (8, 1, 3)]
+)
 def test_ranks_on_a_node_share_its_cores(monkeypatch, cores, local_world, expected):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
     monkeypatch.setattr("os.cpu_count", lambda: cores)
@@ -75,7 +77,9 @@ def test_forked_child_after_a_parallel_step_still_steps():
     assert queue.get(timeout=5) == fingerprint(step_with(2))
 
 
-@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="reads /proc/self/maps")
+@pytest.mark.skipif(
+    not __import__("sys").platform.startswith("linux"), reason="reads /proc/self/maps"
+)
 def test_one_openmp_runtime_shared_with_torch():
     """The kernels must use torch's libgomp, not a second runtime fighting it for the cores."""
     step_with(2)
