@@ -30,6 +30,7 @@ PACKAGES_DIR = ROOT / "packages"
 #: Every sibling package: distribution name -> import name. Add a row when a package lands.
 PACKAGES: dict[str, str] = {
     "zero-sched": "zero_sched",
+    "zero-optim": "zero_optim",
 }
 META = "zerospeed"
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import zero_optim
 import zero_sched
 import zerospeed
 from zerospeed._cli import main
@@ -21,11 +22,20 @@ def test_sched_is_zero_sched():
     assert via_import is zero_sched and WarmupLR is zero_sched.WarmupLR
 
 
+def test_optim_is_zero_optim():
+    import zerospeed.optim as via_import
+    from zerospeed.optim import CPUAdam
+
+    assert zerospeed.optim is zero_optim and via_import is zero_optim
+    assert CPUAdam is zero_optim.CPUAdam
+
+
 def test_report_lists_every_package(capsys):
     assert main(["report"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"zerospeed {zerospeed.__version__}\n")
     assert "[zero-sched]" in out and f"version    {zero_sched.__version__}" in out
+    assert "[zero-optim]" in out and f"cpu kernels       {zero_optim.cpu_features()['isa']}" in out
 
 
 def test_sched_subcommand_is_zero_sched_cli(capsys):

@@ -1,17 +1,19 @@
 """zerospeed: DeepSpeed's training stack on plain PyTorch, one small package per concern.
 
 This meta-package holds no logic of its own. It re-exports each installed sibling under one
-roof (``zerospeed.sched`` *is* ``zero_sched``) and provides the ``zerospeed`` command line.
+roof (``zerospeed.sched`` *is* ``zero_sched``, ``zerospeed.optim`` is ``zero_optim``) and provides the ``zerospeed`` command line.
 """
 
 import sys
 
+import zero_optim as optim
 import zero_sched as sched
 
-# Register the alias so `import zerospeed.sched` and `from zerospeed.sched import X` work and
-# give the very same module object as `import zero_sched`.
+# Register the aliases so `import zerospeed.sched` and `from zerospeed.optim import X` work
+# and give the very same module objects as `import zero_sched` / `import zero_optim`.
 sys.modules[f"{__name__}.sched"] = sched
+sys.modules[f"{__name__}.optim"] = optim
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "sched"]
+__all__ = ["__version__", "optim", "sched"]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Sibling packages whose ``report()`` section ``zerospeed report`` prints, in order.
-_SECTIONS = {"zero-sched": "zero_sched"}
+_SECTIONS = {"zero-sched": "zero_sched", "zero-optim": "zero_optim"}
 
 
 def _report() -> int:
