@@ -9,14 +9,9 @@ import torch
 
 from . import _C
 from ._cpu_base import CPUOptimizer, KernelBatch
-from ._validate import check_nonnegative
+from ._validate import check_nonnegative, refuse_amsgrad
 
 __all__ = ["CPUAdagrad"]
-
-
-def _refuse_amsgrad(amsgrad: Any, name: str) -> None:
-    if amsgrad:
-        raise ValueError(f"{name} does not implement amsgrad (Adagrad has no such variant)")
 
 
 class CPUAdagrad(CPUOptimizer):
@@ -44,6 +39,7 @@ class CPUAdagrad(CPUOptimizer):
     """
 
     state_keys = ("sum",)
+    amsgrad_hint = "Adagrad has no such variant; pass amsgrad=False"
 
     def __init__(
         self,
@@ -58,7 +54,7 @@ class CPUAdagrad(CPUOptimizer):
         initial_accumulator_value: float = 0.0,
         num_threads: int | None = None,
     ) -> None:
-        _refuse_amsgrad(amsgrad, type(self).__name__)
+        refuse_amsgrad(amsgrad, type(self).__name__, self.amsgrad_hint)
         defaults = {
             "lr": check_nonnegative("lr", lr),
             "lr_decay": check_nonnegative("lr_decay", lr_decay),
@@ -89,12 +85,6 @@ class CPUAdagrad(CPUOptimizer):
             dtype=self._state_dtype(param),
             memory_format=torch.contiguous_format,
         )
-
-    def _complete_group(self, group: dict[str, Any]) -> None:
-        super()._complete_group(group)
-        _refuse_amsgrad(group["amsgrad"], type(self).__name__)
-        if group["maximize"]:
-            raise ValueError(f"{type(self).__name__} does not implement maximize=True")
 
     def _launch(
         self,

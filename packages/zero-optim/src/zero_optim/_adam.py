@@ -9,16 +9,9 @@ import torch
 
 from . import _C
 from ._cpu_base import CPUOptimizer, KernelBatch
-from ._validate import check_betas, check_nonnegative
+from ._validate import check_betas, check_nonnegative, refuse_amsgrad
 
 __all__ = ["CPUAdam", "FusedAdam", "adam_step_scalars", "torch_adam_step"]
-
-
-def _refuse_amsgrad(amsgrad: Any, name: str) -> None:
-    if amsgrad:
-        raise ValueError(
-            f"{name} does not implement amsgrad; use torch.optim.AdamW(amsgrad=True) for it"
-        )
 
 
 def adam_step_scalars(group: dict[str, Any], step: int) -> dict[str, float]:
@@ -68,6 +61,7 @@ class CPUAdam(CPUOptimizer):
     """
 
     state_keys = ("exp_avg", "exp_avg_sq")
+    amsgrad_hint = "use torch.optim.AdamW(amsgrad=True) for it"
 
     def __init__(
         self,
@@ -83,7 +77,7 @@ class CPUAdam(CPUOptimizer):
         *,
         num_threads: int | None = None,
     ) -> None:
-        _refuse_amsgrad(amsgrad, type(self).__name__)
+        refuse_amsgrad(amsgrad, type(self).__name__, self.amsgrad_hint)
         defaults = {
             "lr": check_nonnegative("lr", lr),
             "betas": check_betas(betas),
@@ -109,9 +103,6 @@ class CPUAdam(CPUOptimizer):
         if "adamw_mode" not in group and "decoupled_weight_decay" in group:
             group["adamw_mode"] = bool(group["decoupled_weight_decay"])
         super()._complete_group(group)
-        _refuse_amsgrad(group["amsgrad"], type(self).__name__)
-        if group["maximize"]:
-            raise ValueError(f"{type(self).__name__} does not implement maximize=True")
 
     def _launch(
         self,
@@ -210,10 +201,6 @@ class FusedAdam(CPUAdam):
         )  # fmt: skip
 
     accepts_device_params = True
-
-    def zero_grad(self, set_to_none: bool | None = None) -> None:
-        """Clear grads; ``set_to_none`` defaults to the constructor's ``set_grad_none``."""
-        super().zero_grad(set_to_none=self.set_grad_none if set_to_none is None else set_to_none)
 
     def _device_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []

@@ -23,6 +23,7 @@ import torch
 
 from ._native import NO_COPY, address, check_buffer, dtype_code
 from ._threads import default_num_threads, resolve_num_threads
+from ._validate import refuse_amsgrad
 
 __all__ = ["CPUOptimizer", "KernelBatch"]
 
@@ -66,6 +67,11 @@ class CPUOptimizer(torch.optim.Optimizer):
     #: Whether non-CPU params are accepted (the Fused* classes update them with torch's
     #: kernels in :meth:`_device_step`); otherwise they are refused by the checks.
     accepts_device_params: ClassVar[bool] = False
+    #: What the amsgrad error suggests instead.
+    amsgrad_hint: ClassVar[str] = "pass amsgrad=False"
+    #: ``zero_grad()`` sets grads to ``None`` unless told otherwise (DeepSpeed's
+    #: ``set_grad_none``; the Fused* classes take it as an argument).
+    set_grad_none: bool = True
 
     def __init__(
         self,
@@ -325,6 +331,13 @@ class CPUOptimizer(torch.optim.Optimizer):
             self._complete_group(group)
 
     def _complete_group(self, group: dict[str, Any]) -> None:
-        """Fill keys a loaded group lacks from the defaults (subclasses map torch's names)."""
+        """Fill keys a loaded group lacks from the defaults, and refuse options we lack."""
         for key, value in self.defaults.items():
             group.setdefault(key, value)
+        refuse_amsgrad(group.get("amsgrad", False), type(self).__name__, self.amsgrad_hint)
+        if group.get("maximize", False):
+            raise ValueError(f"{type(self).__name__} does not implement maximize=True")
+
+    def zero_grad(self, set_to_none: bool | None = None) -> None:
+        """Clear grads; ``set_to_none`` defaults to ``set_grad_none`` (True unless changed)."""
+        super().zero_grad(set_to_none=self.set_grad_none if set_to_none is None else set_to_none)

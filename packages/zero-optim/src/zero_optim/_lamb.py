@@ -22,14 +22,9 @@ from typing import Any
 
 import torch
 
-from ._validate import check_betas, check_nonnegative
+from ._validate import check_betas, check_nonnegative, refuse_amsgrad
 
 __all__ = ["FusedLamb"]
-
-
-def _refuse_amsgrad(amsgrad: Any, name: str) -> None:
-    if amsgrad:
-        raise ValueError(f"{name} does not implement amsgrad; pass amsgrad=False")
 
 
 def _norm(tensor: torch.Tensor) -> torch.Tensor:
@@ -72,7 +67,7 @@ class FusedLamb(torch.optim.Optimizer):
         min_coeff: float = 0.01,
         amsgrad: bool = False,
     ) -> None:
-        _refuse_amsgrad(amsgrad, type(self).__name__)
+        refuse_amsgrad(amsgrad, type(self).__name__, "pass amsgrad=False")
         max_coeff = check_nonnegative("max_coeff", max_coeff)
         min_coeff = check_nonnegative("min_coeff", min_coeff)
         if min_coeff > max_coeff:
@@ -162,4 +157,4 @@ class FusedLamb(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-            _refuse_amsgrad(group.get("amsgrad", False), type(self).__name__)
+            refuse_amsgrad(group.get("amsgrad", False), type(self).__name__, "pass amsgrad=False")

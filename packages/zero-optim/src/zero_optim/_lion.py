@@ -134,10 +134,6 @@ class FusedLion(CPULion):
 
     accepts_device_params = True
 
-    def zero_grad(self, set_to_none: bool | None = None) -> None:
-        """Clear grads; ``set_to_none`` defaults to the constructor's ``set_grad_none``."""
-        super().zero_grad(set_to_none=self.set_grad_none if set_to_none is None else set_to_none)
-
     def _device_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         grads, exp_avgs, steps = [], [], []
         for p in params:

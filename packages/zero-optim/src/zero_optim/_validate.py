@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["check_betas", "check_nonnegative"]
+__all__ = ["check_betas", "check_nonnegative", "refuse_amsgrad"]
 
 
 def check_nonnegative(name: str, value: Any) -> float:
@@ -30,3 +30,9 @@ def check_betas(value: Any, name: str = "betas") -> tuple[float, float]:
             raise ValueError(f"{name}[{i}] must be in [0, 1), got {beta}")
         out.append(float(beta))
     return out[0], out[1]
+
+
+def refuse_amsgrad(amsgrad: Any, name: str, hint: str) -> None:
+    """Raise for ``amsgrad=True``, which none of zero-optim's optimizers implement."""
+    if amsgrad:
+        raise ValueError(f"{name} does not implement amsgrad; {hint}")
