@@ -1,7 +1,8 @@
 """zerospeed: DeepSpeed's training stack on plain PyTorch, one small package per concern.
 
 This meta-package holds no logic of its own. It re-exports each installed sibling under one
-roof (``zerospeed.sched`` *is* ``zero_sched``, ``zerospeed.optim`` is ``zero_optim``) and provides the ``zerospeed`` command line.
+roof (``zerospeed.sched`` *is* ``zero_sched``, ``zerospeed.optim`` is ``zero_optim``) and
+provides the ``zerospeed`` command line.
 """
 
 import sys
