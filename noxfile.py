@@ -273,10 +273,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks in bench/ (prints tables; never part of the test matrix)."""
+    """Run every benchmark in bench/ (prints tables; never part of the test matrix)."""
     pin = install_torch(session)
     install_local(session, pin, *PACKAGES, META)
-    session.run("python", str(ROOT / "bench" / "sched_overhead.py"), *session.posargs)
+    for script in sorted((ROOT / "bench").glob("*.py")):
+        session.run("python", str(script), *session.posargs)
 
 
 @nox.session(python=False)

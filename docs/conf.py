@@ -5,7 +5,7 @@ that docstrings are parsed as reStructuredText (Google style, through napoleon).
 must stay warning-free under ``sphinx-build -W``; ``nox -s docs`` runs it that way.
 
 The packages are imported, not read from source: install them first (``nox -s docs`` does,
-or ``pip install ./packages/zero-sched .``).
+or ``pip install ./packages/zero-sched ./packages/zero-optim .``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sphinx.util import logging
 
+import zero_optim
 import zero_sched
 import zerospeed
 
@@ -42,9 +43,11 @@ root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "requirements.txt"]
 
 # References that cannot be resolved (torch classes, typing constructs) stay plain text
-# instead of warnings. Classes are documented once, under their public zero_sched name;
-# autodoc records the defining private module (zero_sched._warmup.WarmupLR, ...) as the
-# canonical alias, so "Bases:" lines and type hints that use it still link.
+# instead of warnings. Classes are documented once, under their public package name
+# (zero_sched.WarmupLR, zero_optim.CPUAdam); autodoc records the defining private module
+# (zero_sched._warmup.WarmupLR, ...) as the canonical alias, so "Bases:" lines and type hints
+# that use it still link. A private base class that is not exported at all
+# (zero_optim._cpu_base.CPUOptimizer) is replaced by its own bases: see _public_bases.
 nitpicky = False
 
 # -- MyST ---------------------------------------------------------------------------------
@@ -57,8 +60,9 @@ myst_enable_extensions = ["dollarmath", "deflist"]
 autodoc_default_options = {
     "members": True,
     "show-inheritance": True,
-    # torch's LRScheduler methods (and their torch-flavoured docstrings) stay out of our
-    # pages; zero-sched documents what it defines.
+    # torch's LRScheduler and Optimizer methods (and their torch-flavoured docstrings) stay
+    # out of our pages; each package documents what it defines. A method a public class
+    # inherits from a private base (CPUAdam.step) is listed by name on the API page.
     "inherited-members": False,
     "undoc-members": False,
 }
@@ -86,19 +90,28 @@ html_theme_options = {
 
 _logger = logging.getLogger(__name__)
 
-#: Public API of each importable package -> the page that must document all of it.
+#: Public API of each importable package -> the page that must document all of it. Every
+#: name in ``__all__`` except dunders (``__version__``) must have a directive on the page
+#: (``.. autoclass:: zero_optim.CPUAdam``, ``.. py:data:: zerospeed.optim``, ...), and the
+#: page may document no other top-level name of the package.
 _API_PAGES = {
     "zero_sched": (zero_sched, DOCS / "api" / "zero-sched.md"),
+    "zero_optim": (zero_optim, DOCS / "api" / "zero-optim.md"),
+    "zerospeed": (zerospeed, DOCS / "api" / "zerospeed.md"),
 }
 
 
 def _check_api_pages(app, config) -> None:
-    """Warn (an error under -W) when a name in ``__all__`` is missing from its API page."""
+    """Warn (an error under -W) when an API page and its package's ``__all__`` disagree."""
     for package, (module, page) in _API_PAGES.items():
         text = page.read_text(encoding="utf-8")
-        documented = set(
-            re.findall(rf"^\.\. (?:auto\w+|py:\w+):: {package}\.(\w+)", text, flags=re.M)
-        )
+        documented = {
+            name
+            for name in re.findall(
+                rf"^\.\. (?:auto\w+|py:\w+):: {package}\.(\w+)", text, flags=re.M
+            )
+            if not name.startswith("__")
+        }
         public = {name for name in module.__all__ if not name.startswith("__")}
         for name in sorted(public - documented):
             _logger.warning(
@@ -141,7 +154,26 @@ def _plain_property_summary(app, what, name, obj, options, lines) -> None:
         lines[0] = f"{annotation}: {lines[0]}"
 
 
+def _public_bases(app, name, obj, options, bases) -> None:
+    """Show a private base class by the public classes it derives from.
+
+    ``CPUAdam``'s base is ``zero_optim._cpu_base.CPUOptimizer``, which is not exported; its
+    "Bases:" line would name a class the reference does not document. Such a base (defined in
+    one of our packages, absent from that package's ``__all__``) is replaced in place by its
+    own bases, repeatedly, so the line reads ``torch.optim.Optimizer``.
+    """
+    i = 0
+    while i < len(bases):
+        base = bases[i]
+        package = _API_PAGES.get(getattr(base, "__module__", "").partition(".")[0])
+        if package is not None and base.__name__ not in package[0].__all__:
+            bases[i : i + 1] = [b for b in base.__bases__ if b not in bases]
+        else:
+            i += 1
+
+
 def setup(app):
     app.connect("config-inited", _check_api_pages)
+    app.connect("autodoc-process-bases", _public_bases)
     app.connect("autodoc-process-docstring", _plain_property_summary, priority=400)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -8,8 +8,9 @@ import torch
 from zero_optim._adam import CPUAdam
 
 # fp32 contract: after 100 steps every element is within atol + rtol * |ref| of torch's
-# result. The kernel computes each element with the same fp32 operations as torch's
-# single-tensor Adam but may fuse multiply-adds, so the two drift by a few ulps per step.
+# result. The kernel computes each element in fp32 like torch's single-tensor Adam, but
+# torch's vectorized ops may fuse multiply-adds and ours multiply by 1/sqrt(bias_correction2)
+# instead of dividing, so the two drift apart by a few ulps per step.
 ATOL, RTOL = 1e-5, 1e-5
 SIZES = [1, 7, 1023, 4099, 70001]  # odd lengths exercise every vector tail
 

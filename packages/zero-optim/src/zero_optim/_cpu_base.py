@@ -158,9 +158,8 @@ class CPUOptimizer(torch.optim.Optimizer):
             value = state[key]
             check_buffer(value, param, f"state[{key!r}] of {name}")
             if value.dtype not in (torch.float32, param.dtype):
-                raise TypeError(
-                    f"state[{key!r}] of {name} is {value.dtype}; expected float32 or {param.dtype}"
-                )
+                expected = " or ".join(sorted({str(torch.float32), str(param.dtype)}))
+                raise TypeError(f"state[{key!r}] of {name} is {value.dtype}; expected {expected}")
             if any(value.dtype != state[k].dtype for k in self.state_keys):
                 raise TypeError(f"the states of {name} do not share one dtype")
 
