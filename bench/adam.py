@@ -35,11 +35,12 @@ Method
       CPUAdam and with ``torch.optim.AdamW`` (weight_decay 0 and 0.01) must agree to atol
       1e-6, and the bf16 copy must equal the updated fp32 params rounded to bf16; the script
       aborts otherwise.
-    * Timing: each optimizer gets fresh params and states, takes 2 warm-up steps (which also
-      allocate and fault in its states), then ``--repeats`` steps are timed one by one with
-      ``time.perf_counter``; best and median are reported. Its tensors are freed before the
-      next optimizer is built, so besides the shared initial params and grads (8 bytes/param)
-      at most one optimizer's params and states (~12 bytes/param) are alive at once.
+    * Timing: each optimizer gets fresh params and states and takes 2 warm-up steps (which
+      also allocate and fault in its states). The fast ones (zero_optim, torch fused,
+      DeepSpeed) are then timed in ``--repeats`` rounds, each round stepping every one of them
+      once in a rotated order, so bandwidth drift on a shared machine hits them alike; they
+      are alive together (~12 bytes/param each). torch's foreach and single-tensor paths are
+      timed afterwards, one at a time. Best and median per row are reported.
     * Threads: ``torch.set_num_threads(--threads)`` (torch's and DeepSpeed's OpenMP) and
       ``CPUAdam(num_threads=--threads)``.
 
@@ -231,29 +232,57 @@ def check_correctness(p0: torch.Tensor, grad: torch.Tensor, threads: int) -> str
     return "; ".join(report)
 
 
-def time_optimizer(
+def make_stepper(
     make: Callable[[torch.Tensor], torch.optim.Optimizer],
     p0: torch.Tensor,
     grad: torch.Tensor,
-    repeats: int,
     dtype: torch.dtype = torch.float32,
     *,
     with_copy: bool = False,
-) -> list[float]:
-    """Step times of a fresh optimizer on a copy of ``p0``; its tensors die on return."""
+) -> Callable[[], object]:
+    """A fresh optimizer on a copy of ``p0``, as a zero-argument step, after 2 warm-up steps."""
     p = p0.to(dtype, copy=True).requires_grad_()
     p.grad = grad if dtype == torch.float32 else grad.to(dtype)
     opt = make(p)
     if with_copy:
         copies = [[torch.empty(p0.shape, dtype=torch.bfloat16)]]
-        return time_calls(lambda: opt.step(fp16_param_groups=copies), repeats)
-    return time_calls(opt.step, repeats)
+
+        def step() -> object:
+            return opt.step(fp16_param_groups=copies)
+    else:
+        step = opt.step
+    step()
+    step()
+    return step
+
+
+def time_interleaved(
+    steppers: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, list[float]]:
+    """Time the steppers in rounds, each round stepping every one once in a rotated order.
+
+    Memory bandwidth on a shared VM drifts over seconds; timing one optimizer after another
+    would hand that drift to whichever ran in a bad moment. Interleaving spreads it evenly.
+    """
+    names = list(steppers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = time.perf_counter()
+            steppers[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def bench_size(
     n: int, repeats: int, threads: int, ds_adam: type | None, ds_reason: str
 ) -> tuple[list[Row], float, float, str]:
-    """Check, probe bandwidth and time every optimizer at one size."""
+    """Check, probe bandwidth and time every optimizer at one size.
+
+    The fast implementations (zero_optim, torch fused, DeepSpeed) are alive together and
+    timed interleaved (see :func:`time_interleaved`); torch's slow foreach and single-tensor
+    paths are timed afterwards, one at a time, to bound memory.
+    """
     gen = torch.Generator().manual_seed(0)
     p0 = torch.randn(n, generator=gen)
     grad = torch.randn(n, generator=gen).mul_(1e-2)
@@ -263,49 +292,63 @@ def bench_size(
     def zero(p: torch.Tensor) -> torch.optim.Optimizer:
         return CPUAdam([p], **HYPER, num_threads=threads)
 
-    plan: list[tuple[Row, Callable[[torch.Tensor], torch.optim.Optimizer] | None, dict]] = [
-        (Row(f"{ZERO} CPUAdam (fp32)", 28), zero, {}),
+    plan: list[tuple[Row, Callable[[torch.Tensor], torch.optim.Optimizer] | None, dict, bool]] = [
+        (Row(f"{ZERO} CPUAdam (fp32)", 28), zero, {}, True),
         (
             Row("torch.optim.AdamW(fused=True)", 28),
             lambda p: torch.optim.AdamW([p], **HYPER, fused=True),
             {},
+            True,
         ),
         (
             Row("torch.optim.Adam(foreach=True)", 28),
             lambda p: torch.optim.Adam([p], **HYPER, foreach=True),
             {},
+            False,
         ),
         (
             Row("torch.optim.Adam(foreach=False) (default single-tensor)", 28),
             lambda p: torch.optim.Adam([p], **HYPER, foreach=False),
             {},
+            False,
         ),
         (
             Row("DeepSpeed DeepSpeedCPUAdam", 28, note=ds_reason),
             None if ds_adam is None else (lambda p: ds_adam([p], **HYPER)),
             {},
+            True,
         ),
         (
             Row(f"{ZERO} CPUAdam (fp32) + bf16 param copy in the same pass", 30),
             zero,
             {"with_copy": True},
+            True,
         ),
         (
             Row(f"{ZERO} CPUAdam (bf16 params/grads, fp32 states)", 22),
             zero,
             {"dtype": torch.bfloat16},
+            True,
         ),
     ]
-    for row, make, kwargs in plan:
+    with stdout_to_stderr():  # DeepSpeed prints its build and load chatter to stdout
+        steppers = {
+            row.label: make_stepper(make, p0, grad, **kwargs)
+            for row, make, kwargs, fast in plan
+            if fast and make is not None
+        }
+        times = time_interleaved(steppers, repeats)
+    del steppers
+    free()
+    for row, make, kwargs, fast in plan:
         if make is None:
             continue
-        quiet = (
-            stdout_to_stderr() if row.label.startswith("DeepSpeed") else contextlib.nullcontext()
-        )
-        with quiet:
-            row.times = time_optimizer(make, p0, grad, repeats, **kwargs)
-        free()
-    return [row for row, _, _ in plan], add_bw, copy_bw, check
+        if fast:
+            row.times = times[row.label]
+        else:
+            row.times = time_calls(make_stepper(make, p0, grad, **kwargs), repeats)
+            free()
+    return [row for row, _, _, _ in plan], add_bw, copy_bw, check
 
 
 def size_name(n: int) -> str:
