@@ -71,6 +71,7 @@ from dataclasses import dataclass
 
 import torch
 
+from _machine import cpu_model  # bench/ is on sys.path when a script runs
 from zero_optim._adam import CPUAdam
 from zero_optim._native import cpu_features
 
@@ -107,17 +108,6 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise ValueError(f"size must be positive: {text!r}")
     return value
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_average() -> str:

@@ -58,6 +58,8 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from _machine import cpu_model  # bench/ is on sys.path when a script runs
+
 try:
     import zero_sched
 except ImportError:  # running from a checkout without the package installed
@@ -287,17 +289,6 @@ def time_once(build: Builder, steps: int) -> float:
         return time.perf_counter() - start
     finally:
         gc.enable()
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

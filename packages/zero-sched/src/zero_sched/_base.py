@@ -204,6 +204,6 @@ class Schedule(LRScheduler):
         return f"{type(self).__name__}(last_batch_iteration={self.last_batch_iteration})"
 
 
-def warn_once(message: str) -> None:
-    """Warn at the caller of the schedule's constructor."""
+def warn_at_caller(message: str) -> None:
+    """Warn (every time) at the code that constructed the schedule."""
     warnings.warn(message, UserWarning, stacklevel=4)

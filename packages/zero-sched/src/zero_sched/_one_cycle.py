@@ -22,7 +22,7 @@ import math
 
 from torch.optim import Optimizer
 
-from ._base import Schedule, warn_once
+from ._base import Schedule, warn_at_caller
 from ._validate import as_bool, as_count, as_float, check_ordered, per_group, require_optimizer
 
 __all__ = ["OneCycle"]
@@ -104,7 +104,7 @@ class OneCycle(Schedule):
         if self.cycle_momentum:
             self._momentum_key = _momentum_key(optimizer)
             if self._momentum_key is None:
-                warn_once(
+                warn_at_caller(
                     f"cycle_momentum is on but {type(optimizer).__name__} has neither 'betas' "
                     f"nor 'momentum'; only the lr is scheduled (set cycle_momentum=false to "
                     f"silence this)"

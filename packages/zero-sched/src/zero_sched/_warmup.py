@@ -13,7 +13,7 @@ from typing import Literal
 
 from torch.optim import Optimizer
 
-from ._base import Schedule, warn_once
+from ._base import Schedule, warn_at_caller
 from ._validate import as_count, as_float, check_ordered, per_group, require_optimizer
 
 __all__ = ["WarmupCosineLR", "WarmupDecayLR", "WarmupLR", "warmup_fraction"]
@@ -43,7 +43,7 @@ def _check_warmup(warmup_num_steps: object, warmup_type: object) -> tuple[int, s
 def _check_total(total_num_steps: object, warmup_num_steps: int) -> int:
     total = as_count("total_num_steps", total_num_steps)
     if total < warmup_num_steps:
-        warn_once(
+        warn_at_caller(
             f"total_num_steps={total} is less than warmup_num_steps={warmup_num_steps}: the "
             f"schedule ends before its warmup does"
         )
