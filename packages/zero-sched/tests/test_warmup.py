@@ -110,8 +110,11 @@ def test_warmup_decay_lr_decays_to_min_lr_and_has_reference_default_max():
 
 def test_warmup_decay_warns_when_total_is_shorter_than_warmup():
     opt = make_optimizer()
-    with pytest.warns(UserWarning, match="total_num_steps=5 is less than warmup_num_steps=10"):
+    with pytest.warns(
+        UserWarning, match="total_num_steps=5 is less than warmup_num_steps=10"
+    ) as record:
         WarmupDecayLR(opt, total_num_steps=5, warmup_num_steps=10)
+    assert record[0].filename == __file__  # points at the user's line, not zero_sched internals
 
 
 def cosine_ratio(progress: float, floor: float) -> float:

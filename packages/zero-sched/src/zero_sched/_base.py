@@ -18,6 +18,8 @@ stepped there one by one would have.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Any, ClassVar
 
@@ -205,5 +207,9 @@ class Schedule(LRScheduler):
 
 
 def warn_at_caller(message: str) -> None:
-    """Warn (every time) at the code that constructed the schedule."""
-    warnings.warn(message, UserWarning, stacklevel=4)
+    """Warn at the first frame outside zero_sched, i.e. the user's line that built the schedule."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package_dir):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
