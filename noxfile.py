@@ -31,6 +31,7 @@ PACKAGES_DIR = ROOT / "packages"
 PACKAGES: dict[str, str] = {
     "zero-sched": "zero_sched",
     "zero-optim": "zero_optim",
+    "zero-aio": "zero_aio",
 }
 META = "zerospeed"
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import zero_aio
 import zero_optim
 import zero_sched
 import zerospeed
@@ -28,6 +29,12 @@ def test_optim_is_zero_optim():
 
     assert zerospeed.optim is zero_optim and via_import is zero_optim
     assert CPUAdam is zero_optim.CPUAdam
+
+
+def test_aio_is_zero_aio():
+    import zerospeed.aio as via_import
+
+    assert zerospeed.aio is zero_aio and via_import is zero_aio
 
 
 def test_report_lists_every_package(capsys):

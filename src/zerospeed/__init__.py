@@ -1,12 +1,14 @@
 """zerospeed: DeepSpeed's training stack on plain PyTorch, one small package per concern.
 
 This meta-package holds no logic of its own. It re-exports each installed sibling under one
-roof (``zerospeed.sched`` *is* ``zero_sched``, ``zerospeed.optim`` is ``zero_optim``) and
+roof (``zerospeed.sched`` *is* ``zero_sched``, ``zerospeed.optim`` is ``zero_optim``,
+``zerospeed.aio`` is ``zero_aio``) and
 provides the ``zerospeed`` command line.
 """
 
 import sys
 
+import zero_aio as aio
 import zero_optim as optim
 import zero_sched as sched
 
@@ -14,7 +16,8 @@ import zero_sched as sched
 # and give the very same module objects as `import zero_sched` / `import zero_optim`.
 sys.modules[f"{__name__}.sched"] = sched
 sys.modules[f"{__name__}.optim"] = optim
+sys.modules[f"{__name__}.aio"] = aio
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "optim", "sched"]
+__all__ = ["__version__", "aio", "optim", "sched"]
