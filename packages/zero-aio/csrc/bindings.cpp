@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "build_info.hpp"
+#include "checksum.hpp"
 #include "engine.hpp"
 #include "handle.hpp"
 #include "locked.hpp"
@@ -101,6 +102,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("backends", &backends);
   m.def("buffer_address", &buffer_address, py::arg("buffer"), py::arg("writable"));
   m.attr("DIRECT_ALIGN") = zero_aio::kDirectAlign;
+  m.def(
+      "crc32c",
+      [](std::uintptr_t addr, std::size_t nbytes, int threads) {
+        py::gil_scoped_release release;
+        return zero_aio::crc32c_parallel(reinterpret_cast<const void*>(addr), nbytes, threads);
+      },
+      py::arg("addr"), py::arg("nbytes"), py::arg("threads"));
+  m.def("crc32c_implementation", &zero_aio::crc32c_implementation);
 
   py::class_<Handle>(m, "Handle")
       .def(py::init([](std::size_t block_size, int queue_depth, bool single_submit,

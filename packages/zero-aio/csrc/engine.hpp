@@ -27,9 +27,14 @@ class Engine {
 
 // Blocking pread/pwrite, one piece after another (always built).
 std::unique_ptr<Engine> make_threads_engine();
-// queue_depth requests in flight; single_submit submits them one by one instead of in batches.
-// Both throw std::system_error when the kernel refuses to set the queue up.
-std::unique_ptr<Engine> make_libaio_engine(int queue_depth, bool single_submit);
-std::unique_ptr<Engine> make_uring_engine(int queue_depth, bool single_submit);
+// Up to queue_depth requests in flight; single_submit submits them one by one instead of in
+// batches. overlap_events (DeepSpeed's "overlap submission and completion events") refills
+// each slot as soon as its request completes; without it a whole batch of queue_depth
+// requests completes before the next batch is submitted. Both throw std::system_error when
+// the kernel refuses to set the queue up.
+std::unique_ptr<Engine> make_libaio_engine(int queue_depth, bool single_submit,
+                                           bool overlap_events);
+std::unique_ptr<Engine> make_uring_engine(int queue_depth, bool single_submit,
+                                          bool overlap_events);
 
 }  // namespace zero_aio

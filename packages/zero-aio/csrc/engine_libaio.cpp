@@ -17,8 +17,11 @@ namespace {
 
 class LibaioEngine final : public Engine {
  public:
-  LibaioEngine(int depth, bool single_submit)
-      : depth_(depth), single_submit_(single_submit), cbs_(static_cast<std::size_t>(depth)) {
+  LibaioEngine(int depth, bool single_submit, bool overlap_events)
+      : depth_(depth),
+        single_submit_(single_submit),
+        overlap_events_(overlap_events),
+        cbs_(static_cast<std::size_t>(depth)) {
     const int r = io_setup(depth, &ctx_);
     if (r < 0) {
       throw std::system_error(-r, std::generic_category(),
@@ -40,7 +43,9 @@ class LibaioEngine final : public Engine {
     int inflight = 0;
     while (next < n || inflight > 0) {
       batch.clear();
-      while (next < n && !free_slots.empty()) {
+      // Without overlap_events a batch is refilled only once all of it has completed.
+      const bool refill = overlap_events_ || inflight == 0;
+      while (refill && next < n && !free_slots.empty()) {
         const Piece& p = pieces[next];
         const int s = free_slots.back();
         free_slots.pop_back();
@@ -58,7 +63,8 @@ class LibaioEngine final : public Engine {
       }
       inflight += submit(file, pieces, piece_of, batch, free_slots, out);
       if (inflight == 0) continue;
-      const int got = io_getevents(ctx_, 1, depth_, events.data(), nullptr);
+      const int got =
+          io_getevents(ctx_, overlap_events_ ? 1 : inflight, depth_, events.data(), nullptr);
       if (got == -EINTR) continue;
       if (got < 0) {  // the context is unusable; io_destroy in the destructor reaps what is left
         out.push_back(Failure{-got, file.path, pieces[0].offset, 0, "io_getevents"});
@@ -103,13 +109,15 @@ class LibaioEngine final : public Engine {
   io_context_t ctx_{};
   int depth_;
   bool single_submit_;
+  bool overlap_events_;
   std::vector<iocb> cbs_;
 };
 
 }  // namespace
 
-std::unique_ptr<Engine> make_libaio_engine(int queue_depth, bool single_submit) {
-  return std::make_unique<LibaioEngine>(queue_depth, single_submit);
+std::unique_ptr<Engine> make_libaio_engine(int queue_depth, bool single_submit,
+                                           bool overlap_events) {
+  return std::make_unique<LibaioEngine>(queue_depth, single_submit, overlap_events);
 }
 
 }  // namespace zero_aio

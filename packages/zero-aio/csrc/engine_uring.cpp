@@ -12,7 +12,8 @@ namespace {
 
 class UringEngine final : public Engine {
  public:
-  UringEngine(int depth, bool single_submit) : depth_(depth), single_submit_(single_submit) {
+  UringEngine(int depth, bool single_submit, bool overlap_events)
+      : depth_(depth), single_submit_(single_submit), overlap_events_(overlap_events) {
     const int r = io_uring_queue_init(static_cast<unsigned>(depth), &ring_, 0);
     if (r < 0) {
       throw std::system_error(-r, std::generic_category(),
@@ -34,7 +35,9 @@ class UringEngine final : public Engine {
     int inflight = 0;
     int queued = 0;
     while (next < n || inflight > 0) {
-      while (broken_ == 0 && next < n && inflight + queued < depth_) {
+      // Without overlap_events a batch is refilled only once all of it has completed.
+      const bool refill = overlap_events_ || inflight == 0;
+      while (refill && broken_ == 0 && next < n && inflight + queued < depth_) {
         io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
         if (sqe == nullptr) break;
         const Piece& p = pieces[next];
@@ -104,13 +107,15 @@ class UringEngine final : public Engine {
   io_uring ring_{};
   int depth_;
   bool single_submit_;
+  bool overlap_events_;
   int broken_ = 0;  // errno of a failure that left the ring unusable
 };
 
 }  // namespace
 
-std::unique_ptr<Engine> make_uring_engine(int queue_depth, bool single_submit) {
-  return std::make_unique<UringEngine>(queue_depth, single_submit);
+std::unique_ptr<Engine> make_uring_engine(int queue_depth, bool single_submit,
+                                          bool overlap_events) {
+  return std::make_unique<UringEngine>(queue_depth, single_submit, overlap_events);
 }
 
 }  // namespace zero_aio

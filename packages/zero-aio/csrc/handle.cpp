@@ -13,14 +13,14 @@ std::unique_ptr<Engine> make_engine(const Config& c) {
   switch (c.backend) {
     case Backend::kLibaio:
 #if ZA_HAVE_LIBAIO
-      return make_libaio_engine(c.queue_depth, c.single_submit);
+      return make_libaio_engine(c.queue_depth, c.single_submit, c.overlap_events);
 #else
       throw std::invalid_argument(std::string("libaio backend not built: ") +
                                   build_info::kLibaioReason);
 #endif
     case Backend::kIoUring:
 #if ZA_HAVE_IO_URING
-      return make_uring_engine(c.queue_depth, c.single_submit);
+      return make_uring_engine(c.queue_depth, c.single_submit, c.overlap_events);
 #else
       throw std::invalid_argument(std::string("io_uring backend not built: ") +
                                   build_info::kIoUringReason);

@@ -30,7 +30,7 @@ struct Config {
   std::size_t block_size = 1 << 20;
   int queue_depth = 128;
   bool single_submit = false;
-  bool overlap_events = false;  // accepted for DeepSpeed compatibility; see README
+  bool overlap_events = false;  // see make_libaio_engine
   int intra_op_parallelism = 1;
   Backend backend = Backend::kThreads;
 };

@@ -54,3 +54,10 @@ def test_getters_report_deepspeed_defaults():
 def test_bad_configuration_is_refused(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         zero_aio.aio_handle(**kwargs)
+
+
+def test_gds_handle_says_why_it_is_missing_and_what_to_do():
+    with pytest.raises(NotImplementedError, match="cuFile") as info:
+        zero_aio.gds_handle()
+    assert zero_aio.backends()["gds"].reason in str(info.value)
+    assert "aio_handle" in str(info.value)

@@ -133,3 +133,20 @@ def test_buffers_of_queued_ops_stay_alive(tmp_path):
         torch.frombuffer(bytearray((tmp_path / "gone.bin").read_bytes()), dtype=torch.float32),
         torch.full((100_000,), 7.0),
     )
+
+
+def test_locked_tensor_freed_during_an_async_write(tmp_path, backend):
+    # The documented rule: a buffer must not be reused before wait(); freeing it is safe,
+    # because the handle holds the tensor (and so its memory) until the op is done.
+    h = zero_aio.aio_handle(block_size=4096, queue_depth=2, backend=backend)
+    t = h.new_cpu_locked_tensor(1 << 20, torch.empty(0, dtype=torch.int32))
+    t.copy_(torch.arange(1 << 20, dtype=torch.int32))
+    h.async_pwrite(t, tmp_path / "x.bin")
+    h.free_cpu_locked_tensor(t)
+    del t
+    for _ in range(20):  # churn the allocator while the write may still be running
+        torch.full((1 << 20,), -1, dtype=torch.int32)
+    assert h.wait() == 1
+    back = torch.empty(1 << 20, dtype=torch.int32)
+    h.sync_pread(back, tmp_path / "x.bin")
+    assert torch.equal(back, torch.arange(1 << 20, dtype=torch.int32))

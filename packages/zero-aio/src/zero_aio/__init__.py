@@ -3,9 +3,12 @@
 ``aio_handle`` reads and writes tensors (or any buffer-protocol object) at any file offset
 and length, with O_DIRECT for the aligned bulk, through libaio, io_uring or a portable
 pread/pwrite thread pool (``backends()`` says which were built and why not). Failures raise
-``OSError`` naming the path, the offset and the errno.
+``OSError`` naming the path, the offset and the errno. ``save`` / ``load`` keep named tensors
+in one checksummed file written atomically.
 """
 
+from ._format import ChecksumError, TensorEntry, crc32c, load, read_index, save
+from ._gds import gds_handle
 from ._handle import aio_handle
 from ._native import BackendInfo, available_backends, backends, default_backend
 
@@ -13,9 +16,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendInfo",
+    "ChecksumError",
+    "TensorEntry",
     "__version__",
     "aio_handle",
     "available_backends",
     "backends",
+    "crc32c",
     "default_backend",
+    "gds_handle",
+    "load",
+    "read_index",
+    "save",
 ]
