@@ -43,6 +43,7 @@ def test_report_lists_every_package(capsys):
     assert out.startswith(f"zerospeed {zerospeed.__version__}\n")
     assert "[zero-sched]" in out and f"version    {zero_sched.__version__}" in out
     assert "[zero-optim]" in out and f"cpu kernels       {zero_optim.cpu_features()['isa']}" in out
+    assert "[zero-aio]" in out and f"default backend   {zero_aio.default_backend()}" in out
 
 
 def test_sched_subcommand_is_zero_sched_cli(capsys):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Sibling packages whose ``report()`` section ``zerospeed report`` prints, in order.
-_SECTIONS = {"zero-sched": "zero_sched", "zero-optim": "zero_optim"}
+_SECTIONS = {"zero-sched": "zero_sched", "zero-optim": "zero_optim", "zero-aio": "zero_aio"}
 
 
 def _report() -> int:

@@ -61,3 +61,15 @@ def test_gds_handle_says_why_it_is_missing_and_what_to_do():
         zero_aio.gds_handle()
     assert zero_aio.backends()["gds"].reason in str(info.value)
     assert "aio_handle" in str(info.value)
+
+
+def test_report_lists_every_backend_with_its_state():
+    section = zero_aio.report()
+    assert section["version"] == zero_aio.__version__
+    for name, info in zero_aio.backends().items():
+        assert section[f"backend {name}"].endswith(info.reason)
+        assert section[f"backend {name}"].startswith(
+            "usable" if info.usable else ("built" if info.built else "missing")
+        )
+    assert section["default backend"] == zero_aio.default_backend()
+    assert section["crc32c"] in ("sse4.2", "software")
