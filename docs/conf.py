@@ -5,7 +5,7 @@ that docstrings are parsed as reStructuredText (Google style, through napoleon).
 must stay warning-free under ``sphinx-build -W``; ``nox -s docs`` runs it that way.
 
 The packages are imported, not read from source: install them first (``nox -s docs`` does,
-or ``pip install ./packages/zero-sched ./packages/zero-optim .``).
+or ``pip install ./packages/zero-sched ./packages/zero-optim ./packages/zero-aio .``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sphinx.util import logging
 
+import zero_aio
 import zero_optim
 import zero_sched
 import zerospeed
@@ -97,6 +98,7 @@ _logger = logging.getLogger(__name__)
 _API_PAGES = {
     "zero_sched": (zero_sched, DOCS / "api" / "zero-sched.md"),
     "zero_optim": (zero_optim, DOCS / "api" / "zero-optim.md"),
+    "zero_aio": (zero_aio, DOCS / "api" / "zero-aio.md"),
     "zerospeed": (zerospeed, DOCS / "api" / "zerospeed.md"),
 }
 

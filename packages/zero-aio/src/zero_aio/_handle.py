@@ -42,8 +42,10 @@ class aio_handle:  # noqa: N801 - DeepSpeed's name
 
     ``block_size`` is the request size, ``intra_op_parallelism`` the number of worker threads
     one operation is split across, ``single_submit`` submits requests one by one instead of
-    in batches. ``overlap_events`` is accepted for DeepSpeed compatibility and has no effect:
-    completions are always reaped while others are in flight. ``backend`` is one of
+    in batches. ``overlap_events`` refills each request slot as soon as its request
+    completes; without it a batch of ``queue_depth`` requests completes before the next is
+    submitted (the libaio and io_uring backends; threads run one request at a time each).
+    A write that extends a file reserves its range with ``fallocate`` first. ``backend`` is one of
     ``zero_aio.available_backends()``; by default the first of libaio, io_uring, threads.
     """
 
