@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MLP, assert_same_fingerprint, model_fingerprint
 
+from conftest import MLP, assert_same_fingerprint, model_fingerprint
 from zero_profiler import ConfigError, FlopsProfilerConfig, flops_profiler_from_config
 
 
