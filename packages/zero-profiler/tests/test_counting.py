@@ -185,6 +185,21 @@ def test_elementwise_and_reductions(fn, per_element: int) -> None:
     assert prof.unknown_operators() == {}
 
 
+@pytest.mark.parametrize(
+    ("fn", "flops"),
+    [
+        pytest.param(lambda x: F.max_pool2d(x, 2), 2 * 3 * 4 * 4 * 4, id="max_pool2d"),
+        pytest.param(lambda x: F.avg_pool2d(x, 3, stride=1), 2 * 3 * 6 * 6 * 9, id="avg_pool2d"),
+        pytest.param(lambda x: F.adaptive_avg_pool2d(x, 1), 2 * 3 * 8 * 8, id="adaptive_avg"),
+    ],
+)
+def test_pooling(fn, flops: int) -> None:
+    prof = count(fn, torch.randn(2, 3, 8, 8, requires_grad=True), backward=True)
+    assert prof.get_total_flops() == flops
+    assert prof.get_total_backward_flops() == 2 * 3 * 8 * 8  # one per input-gradient element
+    assert prof.unknown_operators() == {}
+
+
 def test_batch_norm_train_and_eval() -> None:
     x = torch.randn(4, 3, 5)
     mean, var = torch.zeros(3), torch.ones(3)

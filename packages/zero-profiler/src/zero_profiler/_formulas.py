@@ -33,6 +33,8 @@ hand; they are not the number of machine instructions.
   discounted (the explicit form computes the masked scores too), and the recomputation that
   memory-efficient kernels do in backward is not added: we count the operator's math, not a
   kernel's schedule.
+* **Pooling** counts 1 flop per element of each window (``out.numel() * prod(kernel)``);
+  adaptive pooling 1 per input element; pooling backward 1 per input-gradient element.
 * **Losses**: ``mse_loss`` 3 flops per element (its backward 2), ``nll_loss`` 1 per target.
 * **Data movement** (views, copies, ``cat``, indexing, gathers, embedding lookups, masked
   fills, random number generation, tensor creation) counts **0**, and is known to be 0.
@@ -483,6 +485,51 @@ def _rms_norm(args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:
     n = args[0].numel()
     weight = _arg(args, kwargs, 2, "weight")
     return 4 * n + (n if weight is not None else 0), 0  # square, mean, rsqrt-scale, multiply
+
+
+@_register(
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
+    "max_pool2d_with_indices",
+    "max_pool3d_with_indices",
+)
+def _pool(args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:
+    kernel = _arg(args, kwargs, 1, "kernel_size")
+    first = out[0] if isinstance(out, (tuple, list)) else out
+    if not _is_float(first):
+        return 0, 0
+    spatial = first.dim() - 2 if first.dim() > 2 else first.dim() - 1
+    size = [kernel] * spatial if isinstance(kernel, int) else list(kernel)
+    if len(size) == 1:
+        size = size * spatial
+    return first.numel() * math.prod(size), 0  # one add or compare per window element
+
+
+@_register(
+    "_adaptive_avg_pool2d",
+    "_adaptive_avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+)
+def _adaptive_pool(args: tuple, kwargs: dict, out: Any) -> tuple[int, int]:
+    return (args[0].numel() if _is_float(args[0]) else 0), 0  # windows tile the input
+
+
+_register(
+    "avg_pool2d_backward",
+    "avg_pool3d_backward",
+    "max_pool2d_with_indices_backward",
+    "max_pool3d_with_indices_backward",
+    "_adaptive_avg_pool2d_backward",
+    "_adaptive_avg_pool3d_backward",
+    "adaptive_max_pool2d_backward",
+    "adaptive_max_pool3d_backward",
+)(_per_output(1))
 
 
 def rule_for(name: str) -> Rule | None:
