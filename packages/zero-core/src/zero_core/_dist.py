@@ -1,0 +1,139 @@
+"""The process group zero-core runs on, and the collectives it calls, with errors that say where.
+
+[Note: no launcher of our own]
+zero-core never starts processes or runs a rendezvous: ``torchrun`` (or any launcher that
+sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``) does. ``init_distributed``
+joins the group those variables describe, with gloo on CPU and NCCL when CUDA is there, and
+a timeout, so a rank that never arrives becomes an error instead of a hang. Without those
+variables and without a group, zero-core runs as world size 1 and no collective is called.
+
+[Note: collective errors name the rank and the op]
+A timeout or a broken peer surfaces from torch as a bare RuntimeError from deep inside
+c10d. Every collective zero-core calls goes through ``_call`` below, which re-raises it as
+``CollectiveError`` naming this rank, the world size, the op and the tensor size, so a user
+reading one rank's log knows which step of which protocol failed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "CollectiveError",
+    "all_gather_into",
+    "all_reduce",
+    "broadcast",
+    "init_distributed",
+    "rank",
+    "reduce_scatter_into",
+    "world_size",
+]
+
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+class CollectiveError(RuntimeError):
+    """A collective failed or timed out; the message names the rank, the op and the size."""
+
+
+def init_distributed(
+    dist_backend: str | None = None,
+    timeout: datetime.timedelta = DEFAULT_TIMEOUT,
+    init_method: str | None = None,
+    rank: int = -1,
+    world_size: int = -1,
+) -> bool:
+    """Join the default process group if the environment describes one (DeepSpeed's
+    ``deepspeed.init_distributed``). Returns whether a group is active afterwards.
+
+    ``dist_backend`` defaults to ``"nccl"`` when CUDA is available, else ``"gloo"``.
+    Already initialized: nothing happens. No ``WORLD_SIZE``/``RANK`` in the environment and
+    no ``init_method``: nothing happens and zero-core runs as one process.
+    """
+    if dist.is_initialized():
+        return True
+    have_env = "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    if not have_env and init_method is None:
+        return False
+    backend = dist_backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout}
+    if init_method is not None:
+        kwargs["init_method"] = init_method
+    if rank >= 0:
+        kwargs["rank"] = rank
+    if world_size >= 0:
+        kwargs["world_size"] = world_size
+    if backend == "nccl" and "LOCAL_RANK" in os.environ:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(**kwargs)
+    return True
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _call(op: str, tensor: torch.Tensor, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except RuntimeError as exc:
+        raise CollectiveError(
+            f"rank {rank()} of {world_size()}: {op} of {tensor.numel()} x {tensor.dtype} "
+            f"failed: {exc}"
+        ) from exc
+
+
+class _Done:
+    """What an async op returns when there was nothing to wait for."""
+
+    def wait(self) -> bool:
+        return True
+
+
+# torch 2.13 renamed the single-tensor collectives; older torch (>= 2.4) has the old names.
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def all_reduce(tensor: torch.Tensor, async_op: bool = False) -> Any:
+    """Sum ``tensor`` over all ranks, in place."""
+    if world_size() == 1:
+        return _Done() if async_op else None
+    return _call("all_reduce", tensor, lambda: dist.all_reduce(tensor, async_op=async_op))
+
+
+def all_reduce_max(tensor: torch.Tensor) -> None:
+    if world_size() > 1:
+        _call("all_reduce(MAX)", tensor, lambda: dist.all_reduce(tensor, op=dist.ReduceOp.MAX))
+
+
+def reduce_scatter_into(out: torch.Tensor, full: torch.Tensor, async_op: bool = False) -> Any:
+    """Sum ``full`` (``world * out.numel()`` elements, rank-major) over ranks; this rank's
+    block lands in ``out``."""
+    if world_size() == 1:
+        out.copy_(full)
+        return _Done() if async_op else None
+    return _call("reduce_scatter", full, lambda: _REDUCE_SCATTER(out, full, async_op=async_op))
+
+
+def all_gather_into(full: torch.Tensor, local: torch.Tensor, async_op: bool = False) -> Any:
+    """Concatenate every rank's ``local`` (rank-major) into ``full``."""
+    if world_size() == 1:
+        full.copy_(local)
+        return _Done() if async_op else None
+    return _call("all_gather", local, lambda: _ALL_GATHER(full, local, async_op=async_op))
+
+
+def broadcast(tensor: torch.Tensor, src: int = 0) -> None:
+    if world_size() > 1:
+        _call(f"broadcast(src={src})", tensor, lambda: dist.broadcast(tensor, src))

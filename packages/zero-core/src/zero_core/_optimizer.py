@@ -1,0 +1,225 @@
+"""The partitioned optimizer: fp32 master shards, the user's optimizer over them, the step.
+
+[Note: the optimizer runs on flat shards]
+For each param group, this rank's shards of the group's parameters (see [Note: the
+partition layout]) are laid side by side in one flat fp32 *master* buffer and one flat fp32
+*gradient* buffer; the inner optimizer (the user's, or the one the config names) sees one
+parameter per group: the master buffer, whose ``.grad`` is the gradient buffer. Its state
+is therefore 1/world of the model's (stage >= 1). A user-built optimizer keeps its identity,
+hyperparameters and any scheduler bound to it: its ``param_groups[i]["params"]`` is replaced
+in place, as DeepSpeed does. With fp32 weights at stage 0 there are no masters: the inner
+optimizer updates the model's parameters directly, like DDP.
+
+A step: the gradients are complete (the reducer has run); check for inf/NaN across ranks
+(fp16: skip the step and lower the loss scale), unscale and clip by the global norm (one
+all-reduce of the squared norm), step the inner optimizer, leave untouched any parameter
+that got no gradient on any rank (as torch's optimizers skip ``grad is None``), and write
+the new weights back: all-gathered into every rank's full parameters (stages 1-2 and small
+stage-3 params) or into this rank's stage-3 shard.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from . import _dist
+from ._loss_scaler import LossScaler
+from ._shard import Bucket, ParamShard, make_buckets
+
+__all__ = ["ZeroOptimizer"]
+
+
+class ZeroOptimizer:
+    """What ``engine.optimizer`` is: a wrapper that owns the partitioned state."""
+
+    def __init__(
+        self,
+        inner: torch.optim.Optimizer,
+        groups: list[list[ParamShard]],
+        *,
+        direct: bool,
+        clip: float,
+        scaler: LossScaler | None,
+        gather_bucket_numel: int,
+    ) -> None:
+        self.inner = inner
+        self.groups = groups
+        self.direct = direct
+        self.clip = clip
+        self.scaler = scaler
+        self.shards = [s for g in groups for s in g]
+        self.world = _dist.world_size()
+        self.sharded = bool(self.shards) and self.shards[0].nshards > 1
+        self.masters: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+        if not direct:
+            self._build_masters()
+        full = [s for s in self.shards if s.local is None]
+        self.gather_buckets: list[Bucket] = make_buckets(full, gather_bucket_numel)
+        self.last_overflow = False
+        self.last_grad_norm: float | None = None
+
+    # -- construction ---------------------------------------------------------------------------
+    def _build_masters(self) -> None:
+        states = self.inner.state
+        if any(states.values()):
+            raise ValueError(
+                "the optimizer passed to initialize() has already stepped (it has state); "
+                "pass a fresh optimizer: zero-core re-partitions its parameters"
+            )
+        for group, shards in zip(self.inner.param_groups, self.groups):
+            total = sum(s.shard_numel for s in shards)
+            master = torch.zeros(total, dtype=torch.float32)
+            grad = torch.zeros(total, dtype=torch.float32)
+            off = 0
+            for s in shards:
+                s.master = master[off : off + s.shard_numel]
+                s.grad = grad[off : off + s.shard_numel]
+                source = s.local if s.local is not None else s.my_part(s.param.detach().reshape(-1))
+                s.master.copy_(source)
+                off += s.shard_numel
+            flat = torch.nn.Parameter(master, requires_grad=True)
+            flat.grad = grad
+            group["params"] = [flat]
+            self.masters.append(flat)
+            self.grads.append(grad)
+        self.inner.state.clear()
+
+    # -- what users and schedulers see ---------------------------------------------------------
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.inner.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.inner.state
+
+    @property
+    def loss_scale(self) -> float:
+        return self.scaler.cur_scale if self.scaler is not None else 1.0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear this rank's gradient partition (and any full gradients)."""
+        for g in self.grads:
+            g.zero_()
+        for s in self.shards:
+            s.param.grad = None
+            s.had_grad = False
+
+    # -- the step -------------------------------------------------------------------------------
+    def _local_grads(self) -> list[torch.Tensor]:
+        if self.direct:
+            return [s.param.grad for s in self.shards if s.param.grad is not None]
+        return self.grads
+
+    def step(self) -> bool:
+        """One optimizer step on complete, averaged gradients. Returns False when skipped
+        (fp16 overflow)."""
+        grads = self._local_grads()
+        finite = torch.tensor([0.0 if all(bool(torch.isfinite(g).all()) for g in grads) else 1.0])
+        _dist.all_reduce_max(finite)
+        overflow = bool(finite.item())
+        self.last_overflow = overflow
+        if overflow and self.scaler is not None:
+            self.scaler.update(True)
+            self.zero_grad()
+            return False
+        inv_scale = 1.0 / self.loss_scale
+        norm = self._global_norm(grads) * inv_scale
+        self.last_grad_norm = norm
+        coef = inv_scale
+        if self.clip > 0 and norm > self.clip:
+            coef *= self.clip / (norm + 1e-6)
+        if coef != 1.0:
+            for g in grads:
+                g.mul_(coef)
+        untouched = self._no_grad_anywhere()
+        saved = self._snapshot(untouched)
+        self.inner.step()
+        self._restore(saved)
+        if self.scaler is not None:
+            self.scaler.update(False)
+        self._write_back()
+        self.zero_grad()
+        return True
+
+    def _global_norm(self, grads: list[torch.Tensor]) -> float:
+        sq = torch.zeros(1, dtype=torch.float64)
+        for g in grads:
+            sq += g.double().pow(2).sum()
+        if self.sharded:  # the shards are disjoint: their squares add up across ranks
+            _dist.all_reduce(sq)
+        return math.sqrt(float(sq))
+
+    def _no_grad_anywhere(self) -> list[ParamShard]:
+        if not self.shards:
+            return []
+        flags = torch.tensor([1 if s.had_grad else 0 for s in self.shards], dtype=torch.int32)
+        _dist.all_reduce_max(flags)
+        return [s for s, f in zip(self.shards, flags.tolist()) if not f]
+
+    def _state_views(self, shard: ParamShard) -> list[torch.Tensor]:
+        """The master slice and every optimizer-state slice that belongs to ``shard``."""
+        if self.direct:
+            state = self.inner.state.get(shard.param, {})
+            return [shard.param.data] + [
+                v for v in state.values() if torch.is_tensor(v) and v.shape == shard.param.shape
+            ]
+        views = [shard.master]
+        base = shard.master.data_ptr()
+        for flat in self.masters:
+            start = (base - flat.data_ptr()) // 4
+            if 0 <= start < flat.numel():
+                for v in self.inner.state.get(flat, {}).values():
+                    if torch.is_tensor(v) and v.shape == flat.shape:
+                        views.append(v[start : start + shard.shard_numel])
+        return views
+
+    def _snapshot(self, shards: list[ParamShard]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(v, v.clone()) for s in shards for v in self._state_views(s)]
+
+    @staticmethod
+    def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for view, value in saved:
+            if view.shape == value.shape:
+                view.copy_(value)
+
+    @torch.no_grad()
+    def _write_back(self) -> None:
+        """New weights from the masters into the parameters the model computes with."""
+        if self.direct:
+            return
+        for s in self.shards:
+            if s.local is not None:
+                s.local.copy_(s.master)
+        for bucket in self.gather_buckets:
+            if bucket.nshards == 1:
+                for s in bucket.shards:
+                    s.param.data.copy_(s.master[: s.numel].view(s.shape))
+                continue
+            dtype = bucket.shards[0].param.dtype
+            mine = torch.cat([s.master for s in bucket.shards]).to(dtype)
+            full = torch.empty(bucket.nshards * bucket.total, dtype=dtype)
+            _dist.all_gather_into(full, mine)
+            for i, s in enumerate(bucket.shards):
+                s.param.data.copy_(bucket.unpack_full(full, i).view(s.shape))
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """This rank's partition: the inner optimizer's state, masters and loss scaler."""
+        return {
+            "inner": self.inner.state_dict(),
+            "masters": [m.detach().clone() for m in self.masters],
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        for m, saved in zip(self.masters, state["masters"]):
+            m.data.copy_(saved)
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self._write_back()

@@ -1,0 +1,130 @@
+"""Averaging gradients across ranks in buckets, as backward produces them.
+
+[Note: buckets in a fixed order]
+Collectives must be issued in the same order on every rank, but the order in which gradients
+become ready can differ (data-dependent control flow, a parameter unused on one rank). So
+buckets are fixed up front, in reverse parameter order (roughly the order backward produces
+gradients), and bucket ``k`` is launched only after buckets ``0..k-1``: when its last
+gradient arrives, or at the end of backward, where a parameter without a gradient
+contributes zeros. Every rank thus runs the same collectives on the same shapes.
+
+At stage 0 a bucket is all-reduced and the average written back (into ``param.grad``, or
+the fp32 master gradient when there are master weights); at stages 1-3 it is
+reduce-scattered and this rank's shards are added to the flat fp32 gradient partition,
+after which the full gradients are dropped. ``overlap_comm`` launches the collectives
+asynchronously from the gradient hooks, so they run while backward continues.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import _dist
+from ._shard import Bucket, ParamShard, make_buckets
+
+__all__ = ["GradReducer"]
+
+
+class GradReducer:
+    def __init__(
+        self,
+        shards: list[ParamShard],
+        bucket_numel: int,
+        comm_dtype: torch.dtype,
+        overlap: bool,
+        prescale: bool,
+        predivide: float,
+    ) -> None:
+        self.buckets: list[Bucket] = make_buckets(list(reversed(shards)), bucket_numel)
+        self.where: dict[int, Bucket] = {}
+        for b in self.buckets:
+            for s in b.shards:
+                self.where[id(s.param)] = b
+        self.comm_dtype = comm_dtype
+        self.overlap = overlap
+        self.prescale = prescale
+        self.predivide = predivide
+        self.world = _dist.world_size()
+        self.active = False
+        self._waiting: list[int] = []
+        self._next = 0
+        self._inflight: list[tuple[Any, Bucket, torch.Tensor]] = []
+
+    def start(self) -> None:
+        """Reduce the gradients of the backward pass that is about to run."""
+        self.active = True
+        self._next = 0
+        self._waiting = [len(b.shards) for b in self.buckets]
+        for b in self.buckets:
+            for s in b.shards:
+                s.ready = False
+
+    def grad_ready(self, shard: ParamShard) -> None:
+        """Hook: ``shard.param.grad`` now holds this backward's (accumulated) gradient."""
+        shard.had_grad = True
+        if not self.active or shard.ready:
+            return
+        shard.ready = True
+        bucket = self.where[id(shard.param)]
+        self._waiting[bucket.index] -= 1
+        while self._next < len(self.buckets) and self._waiting[self._next] == 0:
+            self._launch(self.buckets[self._next])
+            self._next += 1
+
+    def finish(self) -> None:
+        """Launch what is left (zeros for missing gradients), wait for everything, write out."""
+        if not self.active:
+            return
+        while self._next < len(self.buckets):
+            self._launch(self.buckets[self._next])
+            self._next += 1
+        inflight, self._inflight = self._inflight, []
+        for work, bucket, buf in inflight:
+            work.wait()
+            self._complete(bucket, buf)
+        self.active = False
+
+    # -- one bucket ----------------------------------------------------------------------------
+    def _launch(self, bucket: Bucket) -> None:
+        flats = []
+        for s in bucket.shards:
+            g = s.param.grad
+            flats.append(
+                torch.zeros(s.numel, dtype=self.comm_dtype) if g is None else g.reshape(-1)
+            )
+        staging = bucket.pack(flats, self.comm_dtype)
+        if self.prescale and self.predivide != 1.0:
+            staging.div_(self.predivide)
+        if bucket.nshards == 1:
+            work = _dist.all_reduce(staging, async_op=self.overlap)
+            result = staging
+        else:
+            for s in bucket.shards:  # the full gradients are not needed any more
+                s.param.grad = None
+            result = torch.empty(bucket.total, dtype=self.comm_dtype)
+            work = _dist.reduce_scatter_into(result, staging, async_op=self.overlap)
+        if self.overlap:
+            self._inflight.append((work, bucket, result))
+        else:
+            self._complete(bucket, result)
+
+    def _complete(self, bucket: Bucket, result: torch.Tensor) -> None:
+        scale = (self.predivide if self.prescale else 1.0) / self.world
+        if scale != 1.0:
+            result.mul_(scale)
+        if bucket.nshards == 1:
+            for i, s in enumerate(bucket.shards):
+                full = result[bucket.offsets[i] : bucket.offsets[i] + s.numel]
+                if s.grad is not None:  # master weights: accumulate into the fp32 gradient
+                    s.grad[: s.numel].add_(full)
+                    s.param.grad = None
+                elif s.param.grad is None:
+                    s.param.grad = full.view(s.shape).to(s.param.dtype).clone()
+                else:
+                    s.param.grad.copy_(full.view(s.shape))
+        else:
+            for i, s in enumerate(bucket.shards):
+                off = bucket.offsets[i]
+                s.grad.add_(result[off : off + s.shard_numel])

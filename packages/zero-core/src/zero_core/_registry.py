@@ -1,0 +1,101 @@
+"""Optimizer and scheduler types by name: filled by sibling packages through entry points.
+
+[Note: why a registry]
+zero-core must run with torch alone, yet a DeepSpeed config names ``"CPUAdam"`` or
+``"WarmupLR"``, which live in zero-optim and zero-sched. Those packages declare entry points
+(groups ``zerospeed.optimizers`` and ``zerospeed.schedulers``, name -> callable) and zero-core
+finds them at run time, never importing either package by name. With a sibling absent, a
+``torch.optim`` optimizer or ``torch.optim.lr_scheduler`` scheduler still works by its class
+name, and a DeepSpeed type name gets an error naming the package that provides it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import entry_points
+from typing import Any
+
+import torch
+
+__all__ = ["build_optimizer", "build_scheduler", "registered_types"]
+
+OPTIMIZER_GROUP = "zerospeed.optimizers"
+SCHEDULER_GROUP = "zerospeed.schedulers"
+
+#: DeepSpeed type names and the package that provides them here.
+_PROVIDERS = {
+    OPTIMIZER_GROUP: (
+        "zero-optim",
+        ["Adam", "AdamW", "Lamb", "Lion", "Adagrad", "OneBitAdam", "ZeroOneAdam", "OneBitLamb"],
+    ),
+    SCHEDULER_GROUP: (
+        "zero-sched",
+        ["LRRangeTest", "OneCycle", "WarmupLR", "WarmupDecayLR", "WarmupCosineLR"],
+    ),
+}
+
+
+def registered_types(group: str) -> dict[str, Any]:
+    """Entry points of ``group`` by lower-cased name."""
+    return {ep.name.lower(): ep for ep in entry_points(group=group)}
+
+
+def _torch_classes(module: Any, base: type) -> dict[str, type]:
+    return {
+        name.lower(): obj
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj) and issubclass(obj, base) and obj is not base
+    }
+
+
+def _resolve(group: str, type_name: str, torch_classes: dict[str, type]) -> Callable[..., Any]:
+    key = type_name.lower()
+    found = registered_types(group)
+    if key in found:
+        return found[key].load()
+    package, names = _PROVIDERS[group]
+    if key in torch_classes:
+        if key == "adam" and group == OPTIMIZER_GROUP:
+            warnings.warn(
+                "optimizer type 'Adam' resolved to torch.optim.Adam (L2 weight decay) because "
+                "zero-optim is not installed; DeepSpeed's 'Adam' decouples weight decay by "
+                "default (adam_w_mode). pip install zero-optim for DeepSpeed's semantics.",
+                stacklevel=4,
+            )
+        return torch_classes[key]
+    if key in {n.lower() for n in names}:
+        kind = "optimizer" if group == OPTIMIZER_GROUP else "scheduler"
+        raise ValueError(
+            f"{kind} type {type_name!r} is provided by {package}, which is not installed: "
+            f"pip install {package}"
+        )
+    valid = sorted({*(ep.name for ep in entry_points(group=group)), *torch_classes})
+    close = difflib.get_close_matches(key, [v.lower() for v in valid], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown type {type_name!r}{hint}; valid types: {', '.join(valid)}")
+
+
+def build_optimizer(
+    type_name: str, params: Iterable[Any], options: Mapping[str, Any]
+) -> torch.optim.Optimizer:
+    """The optimizer a config's ``"optimizer"`` block names, over ``params``."""
+    factory = _resolve(
+        OPTIMIZER_GROUP, type_name, _torch_classes(torch.optim, torch.optim.Optimizer)
+    )
+    try:
+        return factory(list(params), **dict(options))
+    except TypeError as exc:
+        raise ValueError(f"optimizer {type_name!r}: {exc}") from exc
+
+
+def build_scheduler(type_name: str, optimizer: torch.optim.Optimizer, options: Mapping[str, Any]):
+    """The learning-rate schedule a config's ``"scheduler"`` block names, on ``optimizer``."""
+    base = torch.optim.lr_scheduler.LRScheduler
+    factory = _resolve(SCHEDULER_GROUP, type_name, _torch_classes(torch.optim.lr_scheduler, base))
+    try:
+        return factory(optimizer, **dict(options))
+    except TypeError as exc:
+        raise ValueError(f"scheduler {type_name!r}: {exc}") from exc

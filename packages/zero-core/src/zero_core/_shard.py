@@ -1,0 +1,114 @@
+"""How one parameter is split across ranks, and buckets of parameters that move together.
+
+[Note: the partition layout]
+Every parameter is split on its own, FSDP2-style: flattened, padded with zeros to a multiple
+of the number of shards ``n``, and cut into ``n`` equal shards of ``S = ceil(numel / n)``
+elements; rank ``r`` owns elements ``[r*S, (r+1)*S)``. Because each parameter keeps its own
+padding, a shard never straddles two parameters, so an optimizer step on the flat buffer of
+this rank's shards is exactly the per-parameter step on those elements (for elementwise
+optimizers such as Adam, Lion, Adagrad, SGD), and the padding stays zero (zero gradient, zero
+weight). Stage 0 uses ``n = 1`` (nothing split); stages 1-3 use the world size.
+
+Collectives move a *bucket* of parameters at once through a staging buffer laid out
+rank-major: block ``r`` holds shard ``r`` of every parameter in the bucket, so one
+reduce-scatter leaves this rank's shards of all of them side by side (the layout of the
+flat gradient and master buffers), and one all-gather brings every shard back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Bucket", "ParamShard", "make_buckets"]
+
+
+@dataclass(eq=False)
+class ParamShard:
+    """One parameter's partition on this rank, and the buffers attached to it."""
+
+    param: torch.nn.Parameter
+    name: str
+    nshards: int
+    rank: int
+    #: the full parameter's shape (its data may be empty at stage 3); default param.shape
+    shape: torch.Size | None = None
+    numel: int = field(init=False)
+    shard_numel: int = field(init=False)
+    #: fp32 views into the optimizer's flat buffers (set by ZeroOptimizer), length shard_numel
+    master: torch.Tensor | None = None
+    grad: torch.Tensor | None = None
+    #: stage 3: this rank's shard of the weights in the compute dtype (the param's data is
+    #: empty between uses); None when the full param lives on every rank
+    local: torch.Tensor | None = None
+    #: a gradient arrived for the param in the current backward (on this rank)
+    ready: bool = False
+    #: a gradient arrived on any micro-step since the last optimizer step (on this rank)
+    had_grad: bool = False
+
+    def __post_init__(self) -> None:
+        self.shape = torch.Size(self.param.shape if self.shape is None else self.shape)
+        self.numel = self.shape.numel()
+        self.shard_numel = -(-self.numel // self.nshards) if self.numel else 0
+
+    @property
+    def begin(self) -> int:
+        """First element of the full (flat) parameter this rank owns."""
+        return self.rank * self.shard_numel
+
+    def split(self, full_flat: torch.Tensor) -> torch.Tensor:
+        """``full_flat`` (``numel`` elements) padded and viewed as ``(nshards, shard_numel)``."""
+        pad = self.nshards * self.shard_numel - self.numel
+        if pad:
+            full_flat = torch.nn.functional.pad(full_flat, (0, pad))
+        return full_flat.view(self.nshards, self.shard_numel)
+
+    def my_part(self, full_flat: torch.Tensor) -> torch.Tensor:
+        """This rank's shard of ``full_flat``, zero-padded to ``shard_numel`` (a copy)."""
+        return self.split(full_flat)[self.rank].clone()
+
+
+class Bucket:
+    """Parameters whose gradients (or weights) are communicated in one collective."""
+
+    def __init__(self, shards: list[ParamShard], index: int) -> None:
+        self.shards = shards
+        self.index = index
+        self.offsets: list[int] = []
+        total = 0
+        for s in shards:
+            self.offsets.append(total)
+            total += s.shard_numel
+        self.total = total  # elements per rank block
+        self.nshards = shards[0].nshards if shards else 1
+
+    def pack(self, flats: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        """Rank-major staging buffer of full flat tensors (one per shard, in order)."""
+        staging = torch.empty(self.nshards, self.total, dtype=dtype, device=flats[0].device)
+        for s, off, flat in zip(self.shards, self.offsets, flats):
+            staging[:, off : off + s.shard_numel].copy_(s.split(flat))
+        return staging.view(-1)
+
+    def unpack_full(self, staging: torch.Tensor, i: int) -> torch.Tensor:
+        """Shard ``i``'s full flat tensor out of a rank-major staging buffer (a view/copy)."""
+        s, off = self.shards[i], self.offsets[i]
+        blocks = staging.view(self.nshards, self.total)[:, off : off + s.shard_numel]
+        return blocks.reshape(-1)[: s.numel]
+
+
+def make_buckets(shards: list[ParamShard], bucket_numel: int) -> list[Bucket]:
+    """Group shards, in the given order, into buckets of at most ``bucket_numel`` elements of
+    full parameters (a parameter larger than that gets a bucket of its own)."""
+    buckets: list[Bucket] = []
+    current: list[ParamShard] = []
+    size = 0
+    for s in shards:
+        if current and size + s.numel > bucket_numel:
+            buckets.append(Bucket(current, len(buckets)))
+            current, size = [], 0
+        current.append(s)
+        size += s.numel
+    if current:
+        buckets.append(Bucket(current, len(buckets)))
+    return buckets

@@ -1,0 +1,279 @@
+"""ZeRO stage 3: parameters live partitioned and are gathered only while a module needs them.
+
+[Note: the partitioned-parameter attribute]
+A partitioned parameter carries ``param.zs_shard``, a ``ParamShard`` holding its full
+``shape``, its ``numel`` and ``local``: this rank's shard in the compute dtype. Between uses
+``param.data`` is an empty tensor of the right dtype; while gathered it is the full tensor.
+``zero_core.is_partitioned(param)`` tells the two kinds apart. (DeepSpeed's equivalent is
+the ``ds_*`` attributes.)
+
+[Note: when parameters are gathered and released]
+Forward: a module's own parameters (plus any registered with
+``register_external_parameter``) are all-gathered in a forward pre-hook and released in the
+forward hook. Backward: a hook on the module's outputs fires when the gradient reaches them,
+which is before any of the module's own backward ops, and gathers the parameters again;
+each parameter is released as soon as its gradient has been accumulated (and handed to
+the reducer), and whatever is still gathered when backward ends (frozen parameters) is
+released then. Forward hooks do not release during backward, so activation checkpointing's
+recomputation finds its parameters whole. Gathers go in module execution order, the same
+on every rank; with ``prefetch_numel > 0`` the next modules' gathers (in the order recorded
+on the first step) are started asynchronously so they overlap with compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import _dist
+from ._shard import ParamShard
+
+__all__ = [
+    "GatheredParameters",
+    "Init",
+    "Stage3Runtime",
+    "is_partitioned",
+    "partition_param",
+    "register_external_parameter",
+]
+
+_EXTERNAL = "zs_external_params"
+
+
+def is_partitioned(param: torch.Tensor) -> bool:
+    """Whether ``param`` is a stage-3 partitioned parameter (see the Note above)."""
+    shard = getattr(param, "zs_shard", None)
+    return shard is not None and shard.local is not None
+
+
+def is_available(param: torch.Tensor) -> bool:
+    return not is_partitioned(param) or param.data.numel() == param.zs_shard.numel
+
+
+def partition_param(param: nn.Parameter, name: str = "", broadcast: bool = True) -> ParamShard:
+    """Split ``param`` across ranks now: keep this rank's shard, empty ``param.data``.
+
+    With ``broadcast`` the values are first taken from rank 0, so every rank holds the same
+    model whatever its random state was.
+    """
+    if is_partitioned(param):
+        return param.zs_shard
+    full = param.data
+    if broadcast:
+        _dist.broadcast(full, 0)
+    shard = ParamShard(param, name, _dist.world_size(), _dist.rank(), shape=full.shape)
+    shard.local = shard.my_part(full.reshape(-1))
+    param.zs_shard = shard
+    param.data = torch.empty(0, dtype=full.dtype, device=full.device)
+    return shard
+
+
+def gather(params: Iterable[nn.Parameter]) -> None:
+    """Make every partitioned parameter in ``params`` whole (one all-gather for all)."""
+    todo = [p for p in params if not is_available(p)]
+    if not todo:
+        return
+    shards = [p.zs_shard for p in todo]
+    groups: dict[torch.dtype, list[ParamShard]] = {}
+    for s in shards:
+        groups.setdefault(s.local.dtype, []).append(s)
+    for dtype, group in groups.items():
+        total = sum(s.shard_numel for s in group)
+        mine = torch.cat([s.local for s in group]) if len(group) > 1 else group[0].local
+        full = torch.empty(_dist.world_size() * total, dtype=dtype, device=mine.device)
+        _dist.all_gather_into(full, mine)
+        blocks = full.view(_dist.world_size(), total)
+        off = 0
+        for s in group:
+            piece = blocks[:, off : off + s.shard_numel].reshape(-1)[: s.numel]
+            s.param.data = piece.view(s.shape)
+            off += s.shard_numel
+
+
+def release(params: Iterable[nn.Parameter]) -> None:
+    """Drop the full data of partitioned parameters (their shards stay)."""
+    for p in params:
+        if is_partitioned(p) and p.data.numel():
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+
+
+def register_external_parameter(module: nn.Module, param: nn.Parameter) -> None:
+    """Declare that ``module``'s forward uses ``param``, which belongs to another module
+    (e.g. a tied embedding used functionally by a parent): it is then gathered whenever
+    ``module`` runs. DeepSpeed's function of the same name."""
+    extra = module.__dict__.setdefault(_EXTERNAL, [])
+    if not any(p is param for p in extra):
+        extra.append(param)
+
+
+def _module_params(module: nn.Module) -> list[nn.Parameter]:
+    own = [p for p in module.parameters(recurse=False) if is_partitioned(p)]
+    return own + [p for p in module.__dict__.get(_EXTERNAL, []) if is_partitioned(p)]
+
+
+class Stage3Runtime:
+    """The hooks that gather and release a model's partitioned parameters."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.in_backward = False
+        self.handles: list[Any] = []
+        for m in module.modules():
+            if not _module_params(m) and _EXTERNAL not in m.__dict__:
+                continue
+            self.handles.append(m.register_forward_pre_hook(self._pre_forward))
+            self.handles.append(m.register_forward_hook(self._post_forward))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def all_params(self) -> Iterator[nn.Parameter]:
+        seen: set[int] = set()
+        for m in self.module.modules():
+            for p in _module_params(m):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
+
+    def _pre_forward(self, module: nn.Module, inputs: Any) -> None:
+        gather(_module_params(module))
+
+    def _post_forward(self, module: nn.Module, inputs: Any, output: Any) -> None:
+        params = _module_params(module)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            regather = functools.partial(self._before_module_backward, params)
+            for t in _tensors(output):
+                if t.requires_grad:
+                    t.register_hook(regather)
+        if not self.in_backward:
+            release(params)
+
+    @staticmethod
+    def _before_module_backward(params: list[nn.Parameter], grad: torch.Tensor) -> None:
+        gather(params)
+
+    def after_grad(self, param: nn.Parameter) -> None:
+        """The gradient of ``param`` is accumulated and handed on: its data can go."""
+        release([param])
+
+    def end_backward(self) -> None:
+        release(self.all_params())
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+@contextlib.contextmanager
+def GatheredParameters(  # noqa: N802 - DeepSpeed's name
+    params: nn.Parameter | Iterable[nn.Parameter],
+    modifier_rank: int | None = None,
+    fwd_module: nn.Module | None = None,
+    enabled: bool = True,
+) -> Iterator[None]:
+    """Gather partitioned parameters for reading (or, with ``modifier_rank``, writing).
+
+    Inside the block the parameters are whole on every rank. With ``modifier_rank`` set,
+    that rank's values are broadcast on exit and become every rank's new shards (and the
+    optimizer's fp32 masters, when an engine owns them); otherwise changes are discarded.
+    Parameters that are not partitioned are left alone.
+    """
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    params = [p for p in params if is_partitioned(p)] if enabled else []
+    gather(params)
+    try:
+        yield
+    finally:
+        if modifier_rank is not None:
+            for p in params:
+                _dist.broadcast(p.data, modifier_rank)
+                s = p.zs_shard
+                mine = s.my_part(p.data.reshape(-1))
+                s.local.copy_(mine)
+                if s.master is not None:
+                    s.master.copy_(mine)
+        release(params)
+
+
+class Init:
+    """Build a model already partitioned (DeepSpeed's ``zero.Init``).
+
+    Inside ``with zero_core.Init():`` every module's parameters are partitioned as soon as
+    that module's ``__init__`` returns, so the full model never exists on one rank: peak
+    memory is about one layer plus the shards. Initialize child parameters in the child's
+    own ``__init__`` (or ``reset_parameters``); to change them later, use
+    ``GatheredParameters(..., modifier_rank=0)``. ``dtype`` casts floating-point parameters
+    before they are split (e.g. ``torch.bfloat16`` for a bf16 run).
+    """
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        dtype: torch.dtype | None = None,
+        config_dict_or_path: Any = None,
+    ) -> None:
+        self.enabled = enabled
+        self.dtype = dtype
+        self._patched: list[tuple[type, Any]] = []
+
+    def _wrap(self, cls: type) -> None:
+        if "__init__" not in cls.__dict__ or getattr(cls.__init__, "_zs_wrapped", False):
+            return
+        original = cls.__init__
+        init = self
+
+        @functools.wraps(original)
+        def wrapped(module: nn.Module, *args: Any, **kwargs: Any) -> None:
+            original(module, *args, **kwargs)
+            for name, p in module.named_parameters(recurse=False):
+                if init.dtype is not None and p.is_floating_point():
+                    p.data = p.data.to(init.dtype)
+                partition_param(p, name)
+
+        wrapped._zs_wrapped = True  # type: ignore[attr-defined]
+        cls.__init__ = wrapped
+        self._patched.append((cls, original))
+
+    def __enter__(self) -> Init:
+        if not self.enabled:
+            return self
+        stack = [nn.Module]
+        while stack:
+            cls = stack.pop()
+            self._wrap(cls)
+            stack.extend(cls.__subclasses__())
+        init = self
+        self._old_subclass_hook = nn.Module.__dict__.get("__init_subclass__")
+
+        def init_subclass(cls: type, **kwargs: Any) -> None:
+            super(nn.Module, cls).__init_subclass__(**kwargs)
+            init._wrap(cls)
+
+        nn.Module.__init_subclass__ = classmethod(init_subclass)  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.enabled:
+            return
+        for cls, original in reversed(self._patched):
+            cls.__init__ = original
+        self._patched.clear()
+        if self._old_subclass_hook is None:
+            del nn.Module.__init_subclass__
+        else:
+            nn.Module.__init_subclass__ = self._old_subclass_hook
