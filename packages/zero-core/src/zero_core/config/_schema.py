@@ -193,10 +193,10 @@ def _unknown(name: str, path: str, names: dict[str, str]) -> ConfigError:
     return ConfigError(f"{join(path, name)}: unknown key {name!r} {where}{hint}{valid}")
 
 
-def _value(value: Any, key: _Key, path: str) -> Any:
-    value = _typed(value, key.hint, key.meta, path)
+def _value(given: Any, key: _Key, path: str) -> Any:
+    value = _typed(given, key.hint, key.meta, path)
     if value is not None:
-        _check_range(value, key.hint, key.meta, path)
+        _check_range(value, key.hint, key.meta, path, given)
     convert = key.meta.get("convert")
     return convert(value) if convert is not None else value
 
@@ -244,7 +244,10 @@ def _typed(value: Any, hint: Any, meta: Mapping[str, Any], path: str) -> Any:
     raise _expected(value, hint, meta, path, optional)
 
 
-def _check_range(value: Any, hint: Any, meta: Mapping[str, Any], path: str) -> None:
+def _check_range(value: Any, hint: Any, meta: Mapping[str, Any], path: str, given: Any) -> None:
+    nullable = typing.get_origin(hint) in (typing.Union, types.UnionType) and _NONE in (
+        typing.get_args(hint)
+    )
     choices = meta.get("choices")
     if choices is not None:
         if meta.get("casefold") and isinstance(value, str):
@@ -252,12 +255,11 @@ def _check_range(value: Any, hint: Any, meta: Mapping[str, Any], path: str) -> N
                 return
         elif value in choices:
             return
-        raise _expected(value, hint, meta, path, None in choices)
+        raise _expected(given, hint, meta, path, nullable or None in choices)
     ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
-    if (ge is not None and value < ge) or (gt is not None and value <= gt):
-        raise _expected(value, hint, meta, path, False)
-    if le is not None and value > le:
-        raise _expected(value, hint, meta, path, False)
+    low = (ge is not None and value < ge) or (gt is not None and value <= gt)
+    if low or (le is not None and value > le):
+        raise _expected(given, hint, meta, path, nullable)
 
 
 def _casefold_choice(value: str, choices: tuple[Any, ...]) -> str:
