@@ -48,6 +48,7 @@ def test_top_level_defaults_are_deepspeeds():
     assert cfg.steps_per_print == 10
     assert cfg.wall_clock_breakdown is False
     assert cfg.dump_state is False
+    assert cfg.dataloader_drop_last is False
     assert cfg.zero_allow_untested_optimizer is False
     assert cfg.zero_force_ds_cpu_optimizer is True
     assert cfg.sections == {}
@@ -123,12 +124,14 @@ def test_scalars_given():
             "steps_per_print": 100,
             "wall_clock_breakdown": True,
             "dump_state": True,
+            "dataloader_drop_last": True,
             "zero_allow_untested_optimizer": True,
         }
     )
     assert (cfg.gradient_clipping, cfg.gradient_predivide_factor) == (1.0, 2.0)
     assert isinstance(cfg.gradient_clipping, float)
     assert cfg.prescale_gradients and cfg.wall_clock_breakdown and cfg.dump_state
+    assert cfg.dataloader_drop_last is True
     assert cfg.steps_per_print == 100
     assert cfg.zero_allow_untested_optimizer is True
 
@@ -516,6 +519,7 @@ def test_to_dict_of_a_minimal_config_omits_absent_blocks():
         "steps_per_print",
         "wall_clock_breakdown",
         "dump_state",
+        "dataloader_drop_last",
         "zero_allow_untested_optimizer",
         "zero_force_ds_cpu_optimizer",
     }

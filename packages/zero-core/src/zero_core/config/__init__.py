@@ -21,7 +21,7 @@ zero_optimization: stage 0-3, buckets,     parsed with DeepSpeed's defaults and 
 overlap_comm, stage3_*, sub_group_size,    overlap_comm's default resolved by stage
 round_robin_gradients, ...
 steps_per_print, wall_clock_breakdown,     parsed
-dump_state
+dump_state, dataloader_drop_last
 flops_profiler, comms_logger,              checked, handed on as dicts in ``sections``
 tensorboard, csv_monitor, wandb, comet,    (owners: zero-profiler, zero-aio, the engine)
 aio, activation_checkpointing,

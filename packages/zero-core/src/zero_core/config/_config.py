@@ -99,6 +99,8 @@ class ZeroCoreConfig:
     """Time forward, backward and step."""
     dump_state: bool = False
     """Print the engine's state after initialization."""
+    dataloader_drop_last: bool = False
+    """Drop the last incomplete batch of the data loader built from ``training_data``."""
     zero_allow_untested_optimizer: bool = False
     """DeepSpeed: allow a client optimizer with ZeRO. zero-core partitions any
     ``torch.optim.Optimizer``, so this changes nothing; accepted for compatibility."""
