@@ -170,3 +170,14 @@ def test_counts_accumulate_over_calls_between_start_and_stop(mlp: MLP, calls: in
     assert _stats(prof, mlp.fc1).calls == calls
     prof.reset_profile()
     assert prof.get_total_flops() == 0
+
+
+def test_train_mode_warm_up_does_not_leak_into_the_profiled_backward(mlp: MLP, capsys) -> None:
+    """Warm-up backward passes leave .grad behind; the profiled pass must not also count
+    adding its gradients into them."""
+    lines = []
+    for warm_up in (0, 2):
+        get_model_profile(mlp, input_shape=(N, 8), mode="train", warm_up=warm_up)
+        out = capsys.readouterr().out.splitlines()
+        lines.append(next(line for line in out if line.startswith("bwd flops (measured)")))
+    assert lines[0] == lines[1]

@@ -19,6 +19,11 @@ _FREE = object()
 _UNKNOWN = object()
 
 
+#: OpOverload -> (rule or marker, printable name); shared by every mode, so a profiler
+#: started once per training step resolves each operator only once per process.
+_CACHE: dict[Any, tuple[Rule | object, str]] = {}
+
+
 def _resolve(func: Any) -> Rule | object:
     packet = getattr(func, "_overloadpacket", None)
     namespace = getattr(func, "namespace", None)
@@ -43,13 +48,12 @@ class CountingMode(TorchDispatchMode):
     def __init__(self, session: Session) -> None:
         super().__init__()
         self.session = session
-        self._cache: dict[Any, tuple[Rule | object, str]] = {}  # OpOverload -> (rule, name)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         out = func(*args, **kwargs) if kwargs else func(*args)
-        cached = self._cache.get(func)
+        cached = _CACHE.get(func)
         if cached is None:
-            cached = self._cache[func] = (_resolve(func), str(func))
+            cached = _CACHE[func] = (_resolve(func), str(func))
         rule, name = cached
         if rule is _FREE:
             return out

@@ -147,6 +147,9 @@ def get_model_profile(
     with _grads_restored(model) if train else contextlib.nullcontext():
         for _ in range(warm_up):
             one_pass()
+        if train:  # the profiled backward starts from no gradients, like a fresh step
+            for p in model.parameters():
+                p.grad = None
         prof.start_profile(ignore_list=ignore_modules)
         try:
             bwd_latency = one_pass()
