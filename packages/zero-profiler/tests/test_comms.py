@@ -184,6 +184,11 @@ def test_config_errors() -> None:
     assert config.profiled_ops() == ["barrier"]
 
 
+def test_straggler_columns_are_not_implemented() -> None:
+    with pytest.raises(NotImplementedError, match="show_straggler"):
+        CommsLogger().log_summary(show_straggler=True)
+
+
 def test_only_one_logger_at_a_time() -> None:
     first = CommsLogger().enable()
     try:

@@ -235,3 +235,14 @@ def test_supported_operators_names() -> None:
     for name in ("mm", "addmm", "bmm", "convolution", "convolution_backward", "view"):
         assert name in ops
     assert "_scaled_dot_product_flash_attention_for_cpu" in ops
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_counts_match_cpu() -> None:
+    """Fused CUDA attention kernels and cuBLAS products count like their CPU twins."""
+    q, k, v = (torch.randn(B, H, L, E, requires_grad=True) for _ in range(3))
+    cpu = count(_sdpa, q, k, v, backward=True)
+    gpu = count(_sdpa, *(t.detach().cuda().requires_grad_() for t in (q, k, v)), backward=True)
+    assert gpu.get_total_flops() == cpu.get_total_flops()
+    assert gpu.get_total_backward_flops() == cpu.get_total_backward_flops()

@@ -241,8 +241,20 @@ class CommsLogger:
         """:meth:`summary` as JSON (message sizes become string keys)."""
         return json.dumps(self.summary(), **kwargs)
 
-    def log_summary(self, print_fn: Callable[[str], Any] | None = print) -> str:
-        """Print (and return) a table per operation and message size."""
+    def log_summary(
+        self, print_fn: Callable[[str], Any] | None = print, show_straggler: bool = False
+    ) -> str:
+        """Print (and return) a table per operation and message size.
+
+        Raises:
+            NotImplementedError: for ``show_straggler=True`` (DeepSpeed's cross-rank
+                min/max latency columns), which is not written yet.
+        """
+        if show_straggler:
+            raise NotImplementedError(
+                "log_summary(show_straggler=True) is not implemented yet: the table shows "
+                "this rank's own timings; compare ranks' summary() dicts meanwhile"
+            )
         header = (
             f"{'Comm. Op':<28}{'Message Size':>14}{'Count':>8}{'Total Latency(ms)':>20}"
             f"{'Avg Latency(ms)':>18}{'algbw (GB/s)':>15}{'busbw (GB/s)':>15}"
