@@ -23,7 +23,13 @@ WORLD = 2
 
 
 def _child(
-    rank: int, world: int, store: str, outdir: str, fn: Callable[..., Any], args: tuple
+    rank: int,
+    world: int,
+    store: str,
+    outdir: str,
+    fn: Callable[..., Any],
+    args: tuple,
+    pg_timeout: float,
 ) -> None:
     os.environ.update(
         {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
@@ -36,7 +42,7 @@ def _child(
             init_method=f"file://{store}",
             rank=rank,
             world_size=world,
-            timeout=datetime.timedelta(seconds=60),
+            timeout=datetime.timedelta(seconds=pg_timeout),
         )
         result = fn(rank, *args)
         torch.save({"ok": result}, os.path.join(outdir, f"{rank}.pt"))
@@ -47,13 +53,21 @@ def _child(
             dist.destroy_process_group()
 
 
-def run_ranks(fn: Callable[..., Any], *args: Any, world: int = WORLD, timeout: float = 240) -> list:
-    """``[fn(0, *args), fn(1, *args), ...]`` computed on ``world`` gloo ranks."""
+def run_ranks(
+    fn: Callable[..., Any],
+    *args: Any,
+    world: int = WORLD,
+    timeout: float = 240,
+    pg_timeout: float = 60,
+) -> list:
+    """``[fn(0, *args), fn(1, *args), ...]`` computed on ``world`` gloo ranks
+    (``pg_timeout``: the process group's collective timeout, in seconds)."""
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
         procs = [
-            ctx.Process(target=_child, args=(r, world, store, tmp, fn, args)) for r in range(world)
+            ctx.Process(target=_child, args=(r, world, store, tmp, fn, args, pg_timeout))
+            for r in range(world)
         ]
         for p in procs:
             p.start()

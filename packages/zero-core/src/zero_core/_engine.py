@@ -328,7 +328,7 @@ class ZeroEngine(nn.Module):
         """The whole model's weights on every rank (stage 3 params gathered, one at a time),
         as CPU tensors in ``dtype`` (default: the training dtype)."""
         out = {}
-        for name, p in self.module.named_parameters():
+        for name, p in self.module.named_parameters(remove_duplicate=False):
             if is_partitioned(p):
                 gather([p])
                 out[name] = p.data.detach().to("cpu", dtype or p.dtype).clone()

@@ -1,14 +1,17 @@
 """The partitioned optimizer: fp32 master shards, the user's optimizer over them, the step.
 
-[Note: the optimizer runs on flat shards]
-For each param group, this rank's shards of the group's parameters (see [Note: the
-partition layout]) are laid side by side in one flat fp32 *master* buffer and one flat fp32
-*gradient* buffer; the inner optimizer (the user's, or the one the config names) sees one
-parameter per group: the master buffer, whose ``.grad`` is the gradient buffer. Its state
-is therefore 1/world of the model's (stage >= 1). A user-built optimizer keeps its identity,
-hyperparameters and any scheduler bound to it: its ``param_groups[i]["params"]`` is replaced
-in place, as DeepSpeed does. With fp32 weights at stage 0 there are no masters: the inner
-optimizer updates the model's parameters directly, like DDP.
+[Note: the optimizer runs on shards]
+For every parameter, this rank's shard (see [Note: the partition layout]) has an fp32
+*master* copy and an fp32 *gradient*; the inner optimizer (the user's, or the one the
+config names) sees the masters as its parameters, one per model parameter, FSDP2-style.
+Its state is therefore 1/world of the model's (stage >= 1), and it keeps torch's
+per-parameter semantics: a parameter that got no gradient on any rank has its master's
+``.grad`` set to None for the step, so the optimizer skips it exactly as it would skip the
+model parameter (no weight decay, no momentum, no step count). A user-built optimizer keeps
+its identity, hyperparameters and any scheduler bound to it: its
+``param_groups[i]["params"]`` is replaced in place, as DeepSpeed does. With fp32 weights at
+stage 0 there are no masters: the inner optimizer updates the model's parameters directly,
+like DDP.
 
 A step: the gradients are complete (the reducer has run); check for inf/NaN across ranks
 (fp16: skip the step and lower the loss scale), unscale and clip by the global norm (one
@@ -53,8 +56,7 @@ class ZeroOptimizer:
         self.shards = [s for g in groups for s in g]
         self.world = _dist.world_size()
         self.sharded = bool(self.shards) and self.shards[0].nshards > 1
-        self.masters: list[torch.Tensor] = []
-        self.grads: list[torch.Tensor] = []
+        self.masters: list[torch.nn.Parameter] = []
         if not direct:
             self._build_masters()
         full = [s for s in self.shards if s.local is None]
@@ -64,28 +66,22 @@ class ZeroOptimizer:
 
     # -- construction ---------------------------------------------------------------------------
     def _build_masters(self) -> None:
-        states = self.inner.state
-        if any(states.values()):
+        if any(self.inner.state.values()):
             raise ValueError(
                 "the optimizer passed to initialize() has already stepped (it has state); "
                 "pass a fresh optimizer: zero-core re-partitions its parameters"
             )
         for group, shards in zip(self.inner.param_groups, self.groups):
-            total = sum(s.shard_numel for s in shards)
-            master = torch.zeros(total, dtype=torch.float32)
-            grad = torch.zeros(total, dtype=torch.float32)
-            off = 0
+            masters = []
             for s in shards:
-                s.master = master[off : off + s.shard_numel]
-                s.grad = grad[off : off + s.shard_numel]
                 source = s.local if s.local is not None else s.my_part(s.param.detach().reshape(-1))
-                s.master.copy_(source)
-                off += s.shard_numel
-            flat = torch.nn.Parameter(master, requires_grad=True)
-            flat.grad = grad
-            group["params"] = [flat]
-            self.masters.append(flat)
-            self.grads.append(grad)
+                master = torch.nn.Parameter(source.to(torch.float32, copy=True))
+                s.master = master
+                s.grad = torch.zeros_like(master)
+                master.grad = s.grad
+                masters.append(master)
+            group["params"] = masters
+            self.masters.extend(masters)
         self.inner.state.clear()
 
     # -- what users and schedulers see ---------------------------------------------------------
@@ -103,9 +99,10 @@ class ZeroOptimizer:
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear this rank's gradient partition (and any full gradients)."""
-        for g in self.grads:
-            g.zero_()
         for s in self.shards:
+            if s.grad is not None:
+                s.grad.zero_()
+                s.master.grad = s.grad
             s.param.grad = None
             s.had_grad = False
 
@@ -113,7 +110,7 @@ class ZeroOptimizer:
     def _local_grads(self) -> list[torch.Tensor]:
         if self.direct:
             return [s.param.grad for s in self.shards if s.param.grad is not None]
-        return self.grads
+        return [s.grad for s in self.shards]
 
     def step(self) -> bool:
         """One optimizer step on complete, averaged gradients. Returns False when skipped
@@ -136,10 +133,12 @@ class ZeroOptimizer:
         if coef != 1.0:
             for g in grads:
                 g.mul_(coef)
-        untouched = self._no_grad_anywhere()
-        saved = self._snapshot(untouched)
+        for s in self._no_grad_anywhere():  # skipped by the optimizer, as torch does
+            if self.direct:
+                s.param.grad = None
+            else:
+                s.master.grad = None
         self.inner.step()
-        self._restore(saved)
         if self.scaler is not None:
             self.scaler.update(False)
         self._write_back()
@@ -160,32 +159,6 @@ class ZeroOptimizer:
         flags = torch.tensor([1 if s.had_grad else 0 for s in self.shards], dtype=torch.int32)
         _dist.all_reduce_max(flags)
         return [s for s, f in zip(self.shards, flags.tolist()) if not f]
-
-    def _state_views(self, shard: ParamShard) -> list[torch.Tensor]:
-        """The master slice and every optimizer-state slice that belongs to ``shard``."""
-        if self.direct:
-            state = self.inner.state.get(shard.param, {})
-            return [shard.param.data] + [
-                v for v in state.values() if torch.is_tensor(v) and v.shape == shard.param.shape
-            ]
-        views = [shard.master]
-        base = shard.master.data_ptr()
-        for flat in self.masters:
-            start = (base - flat.data_ptr()) // 4
-            if 0 <= start < flat.numel():
-                for v in self.inner.state.get(flat, {}).values():
-                    if torch.is_tensor(v) and v.shape == flat.shape:
-                        views.append(v[start : start + shard.shard_numel])
-        return views
-
-    def _snapshot(self, shards: list[ParamShard]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(v, v.clone()) for s in shards for v in self._state_views(s)]
-
-    @staticmethod
-    def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        for view, value in saved:
-            if view.shape == value.shape:
-                view.copy_(value)
 
     @torch.no_grad()
     def _write_back(self) -> None:

@@ -123,6 +123,9 @@ class Stage3Runtime:
         self.module = module
         self.in_backward = False
         self.handles: list[Any] = []
+        #: modules currently inside their forward that use each param (by id): a param is
+        #: released only when none is (a parent using a child's weight keeps it whole)
+        self.holders: dict[int, int] = {}
         for m in module.modules():
             if not _module_params(m) and _EXTERNAL not in m.__dict__:
                 continue
@@ -143,17 +146,22 @@ class Stage3Runtime:
                     yield p
 
     def _pre_forward(self, module: nn.Module, inputs: Any) -> None:
-        gather(_module_params(module))
+        params = _module_params(module)
+        for p in params:
+            self.holders[id(p)] = self.holders.get(id(p), 0) + 1
+        gather(params)
 
     def _post_forward(self, module: nn.Module, inputs: Any, output: Any) -> None:
         params = _module_params(module)
+        for p in params:
+            self.holders[id(p)] -= 1
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             regather = functools.partial(self._before_module_backward, params)
             for t in _tensors(output):
                 if t.requires_grad:
                     t.register_hook(regather)
         if not self.in_backward:
-            release(params)
+            release(p for p in params if not self.holders[id(p)])
 
     @staticmethod
     def _before_module_backward(params: list[nn.Parameter], grad: torch.Tensor) -> None:
