@@ -111,7 +111,11 @@ class ZeroEngine(nn.Module):
                         gather([p])
                         p.zs_shard.local = None
                         del p.zs_shard
-        self.stage3 = Stage3Runtime(model) if self.stage == 3 else None
+        self.stage3 = (
+            Stage3Runtime(model, prefetch_numel=int(zc.stage3_prefetch_bucket_size))
+            if self.stage == 3
+            else None
+        )
 
     def _make_shards(self, groups: list[dict[str, Any]]) -> list[list[ParamShard]]:
         names = {id(p): n for n, p in self.module.named_parameters()}
@@ -168,6 +172,7 @@ class ZeroEngine(nn.Module):
             clip=float(self.config.gradient_clipping or 0.0),
             scaler=scaler,
             gather_bucket_numel=int(zc.allgather_bucket_size),
+            ignore_unused=zc.ignore_unused_parameters,
         )
         shards = [s for g in self.shard_groups for s in g]
         comm_dtype = self.config.communication_data_type or (
@@ -206,6 +211,8 @@ class ZeroEngine(nn.Module):
         if self.dtype != torch.float32:
             inputs, kwargs = _cast_floats(inputs, self.dtype), _cast_floats(kwargs, self.dtype)
         out = self.module(*inputs, **kwargs)
+        if self.stage3 is not None:
+            self.stage3.end_forward()
         self._timers["forward"] = self._timers.get("forward", 0.0) + time.perf_counter() - start
         return out
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from . import _dist, _registry
 from ._engine import ZeroEngine
+from ._support import refuse_unsupported
 from .config import load_config
 
 __all__ = ["initialize"]
@@ -73,6 +74,9 @@ def initialize(
     if dist_init_required is not False:
         _dist.init_distributed()
     cfg = load_config(config, world_size=_dist.world_size())
+    refuse_unsupported(cfg)
+    if cfg.dump_state and _dist.rank() == 0:
+        print(json.dumps(cfg.to_dict(), indent=2), flush=True)
     groups = _param_groups(model, model_parameters)
 
     factory: Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None = None
@@ -87,11 +91,15 @@ def initialize(
     elif callable(optimizer):
         factory = optimizer
     elif cfg.optimizer is not None:
-        block = cfg.optimizer
-        factory = lambda g: _registry.build_optimizer(block.type, g, block.params)  # noqa: E731
+        opt_block = cfg.optimizer
+        _registry.optimizer_factory(opt_block.type)  # an unknown type fails here, not later
+        factory = lambda g: _registry.build_optimizer(opt_block.type, g, opt_block.params)  # noqa: E731
     if lr_scheduler is None and cfg.scheduler is not None:
-        block = cfg.scheduler
-        lr_scheduler = lambda opt: _registry.build_scheduler(block.type, opt, block.params)  # noqa: E731
+        sched_block = cfg.scheduler
+        _registry.scheduler_factory(sched_block.type)
+        lr_scheduler = lambda opt: _registry.build_scheduler(  # noqa: E731
+            sched_block.type, opt, sched_block.params
+        )
 
     engine = ZeroEngine(model, cfg, factory, lr_scheduler, groups if factory else None)
     loader = None
@@ -104,12 +112,7 @@ def initialize(
             batch_size=cfg.train_micro_batch_size_per_gpu,
             sampler=sampler,
             collate_fn=collate_fn,
-            drop_last=bool(cfg.raw.get("dataloader_drop_last", False)),
+            drop_last=cfg.dataloader_drop_last,
         )
     engine.training_dataloader = loader
     return engine, engine.optimizer, loader, engine.lr_scheduler
-
-
-def dump_config(engine: ZeroEngine) -> str:
-    """The resolved config of an engine as indented JSON."""
-    return json.dumps(engine.config.to_dict(), indent=2)

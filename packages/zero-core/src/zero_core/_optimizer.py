@@ -47,12 +47,14 @@ class ZeroOptimizer:
         clip: float,
         scaler: LossScaler | None,
         gather_bucket_numel: int,
+        ignore_unused: bool = True,
     ) -> None:
         self.inner = inner
         self.groups = groups
         self.direct = direct
         self.clip = clip
         self.scaler = scaler
+        self.ignore_unused = ignore_unused
         self.shards = [s for g in groups for s in g]
         self.world = _dist.world_size()
         self.sharded = bool(self.shards) and self.shards[0].nshards > 1
@@ -133,7 +135,14 @@ class ZeroOptimizer:
         if coef != 1.0:
             for g in grads:
                 g.mul_(coef)
-        for s in self._no_grad_anywhere():  # skipped by the optimizer, as torch does
+        unused = self._no_grad_anywhere()
+        if unused and not self.ignore_unused:
+            raise RuntimeError(
+                f"parameters {[s.name for s in unused][:5]} got no gradient on any rank this "
+                f"step and zero_optimization.ignore_unused_parameters is false; set it to "
+                f"true to skip them (as torch's optimizers skip grad=None)"
+            )
+        for s in unused:  # skipped by the optimizer, as torch does
             if self.direct:
                 s.param.grad = None
             else:

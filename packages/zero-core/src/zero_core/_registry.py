@@ -72,19 +72,30 @@ def _resolve(group: str, type_name: str, torch_classes: dict[str, type]) -> Call
             f"{kind} type {type_name!r} is provided by {package}, which is not installed: "
             f"pip install {package}"
         )
-    valid = sorted({*(ep.name for ep in entry_points(group=group)), *torch_classes})
-    close = difflib.get_close_matches(key, [v.lower() for v in valid], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    by_lower = {c.__name__.lower(): c.__name__ for c in torch_classes.values()}
+    by_lower |= {ep.name.lower(): ep.name for ep in entry_points(group=group)}
+    valid = sorted(by_lower.values(), key=str.lower)
+    close = difflib.get_close_matches(key, list(by_lower), n=1)
+    hint = f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
     raise ValueError(f"unknown type {type_name!r}{hint}; valid types: {', '.join(valid)}")
+
+
+def optimizer_factory(type_name: str) -> Callable[..., torch.optim.Optimizer]:
+    """What builds the optimizer type ``type_name`` (raises now if there is none)."""
+    return _resolve(OPTIMIZER_GROUP, type_name, _torch_classes(torch.optim, torch.optim.Optimizer))
+
+
+def scheduler_factory(type_name: str) -> Callable[..., Any]:
+    """What builds the scheduler type ``type_name`` (raises now if there is none)."""
+    base = torch.optim.lr_scheduler.LRScheduler
+    return _resolve(SCHEDULER_GROUP, type_name, _torch_classes(torch.optim.lr_scheduler, base))
 
 
 def build_optimizer(
     type_name: str, params: Iterable[Any], options: Mapping[str, Any]
 ) -> torch.optim.Optimizer:
     """The optimizer a config's ``"optimizer"`` block names, over ``params``."""
-    factory = _resolve(
-        OPTIMIZER_GROUP, type_name, _torch_classes(torch.optim, torch.optim.Optimizer)
-    )
+    factory = optimizer_factory(type_name)
     try:
         return factory(list(params), **dict(options))
     except TypeError as exc:

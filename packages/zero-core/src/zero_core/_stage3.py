@@ -73,31 +73,69 @@ def partition_param(param: nn.Parameter, name: str = "", broadcast: bool = True)
     return shard
 
 
-def gather(params: Iterable[nn.Parameter]) -> None:
-    """Make every partitioned parameter in ``params`` whole (one all-gather for all)."""
-    todo = [p for p in params if not is_available(p)]
-    if not todo:
-        return
-    shards = [p.zs_shard for p in todo]
-    groups: dict[torch.dtype, list[ParamShard]] = {}
-    for s in shards:
-        groups.setdefault(s.local.dtype, []).append(s)
-    for dtype, group in groups.items():
-        total = sum(s.shard_numel for s in group)
-        mine = torch.cat([s.local for s in group]) if len(group) > 1 else group[0].local
-        full = torch.empty(_dist.world_size() * total, dtype=dtype, device=mine.device)
-        _dist.all_gather_into(full, mine)
-        blocks = full.view(_dist.world_size(), total)
+class _PendingGather:
+    """An all-gather of some parameters' shards in flight (a prefetch)."""
+
+    def __init__(self, shards: list[ParamShard], async_op: bool) -> None:
+        self.shards = shards
+        self.total = sum(s.shard_numel for s in shards)
+        mine = torch.cat([s.local for s in shards]) if len(shards) > 1 else shards[0].local
+        world = _dist.world_size()
+        self.full = torch.empty(world * self.total, dtype=mine.dtype, device=mine.device)
+        self.work = _dist.all_gather_into(self.full, mine, async_op=async_op)
+        for s in shards:
+            _PENDING[id(s.param)] = self
+
+    def finish(self) -> None:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+        blocks = self.full.view(_dist.world_size(), self.total)
         off = 0
-        for s in group:
-            piece = blocks[:, off : off + s.shard_numel].reshape(-1)[: s.numel]
-            s.param.data = piece.view(s.shape)
+        for s in self.shards:
+            if _PENDING.pop(id(s.param), None) is self:
+                piece = blocks[:, off : off + s.shard_numel].reshape(-1)[: s.numel]
+                s.param.data = piece.view(s.shape)
             off += s.shard_numel
+
+
+#: prefetches in flight, by id(param)
+_PENDING: dict[int, _PendingGather] = {}
+
+
+def _start(params: Iterable[nn.Parameter], async_op: bool) -> list[_PendingGather]:
+    """Launch the all-gathers of the params that are neither whole nor in flight (one per
+    dtype)."""
+    groups: dict[torch.dtype, list[ParamShard]] = {}
+    for p in params:
+        if not is_available(p) and id(p) not in _PENDING:
+            groups.setdefault(p.zs_shard.local.dtype, []).append(p.zs_shard)
+    return [_PendingGather(group, async_op) for group in groups.values()]
+
+
+def gather(params: Iterable[nn.Parameter]) -> None:
+    """Make every partitioned parameter in ``params`` whole: finish its prefetch if one is
+    in flight, else all-gather it now (one collective for all of them)."""
+    params = list(params)
+    for p in params:
+        pending = _PENDING.get(id(p))
+        if pending is not None:
+            pending.finish()
+    for pending in _start(params, async_op=False):
+        pending.finish()
+
+
+def prefetch(params: Iterable[nn.Parameter]) -> None:
+    """Start gathering ``params`` in the background (``gather`` later completes them)."""
+    _start(params, async_op=True)
 
 
 def release(params: Iterable[nn.Parameter]) -> None:
     """Drop the full data of partitioned parameters (their shards stay)."""
     for p in params:
+        pending = _PENDING.get(id(p))
+        if pending is not None:  # a prefetch nobody used: finish it, then drop it
+            pending.finish()
         if is_partitioned(p) and p.data.numel():
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
@@ -119,8 +157,13 @@ def _module_params(module: nn.Module) -> list[nn.Parameter]:
 class Stage3Runtime:
     """The hooks that gather and release a model's partitioned parameters."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, prefetch_numel: int = 0) -> None:
         self.module = module
+        self.prefetch_numel = prefetch_numel
+        #: modules in the order the first forward ran them; None until it has finished
+        self.trace: list[nn.Module] | None = None
+        self._recording: list[nn.Module] = []
+        self._position = 0
         self.in_backward = False
         self.handles: list[Any] = []
         #: modules currently inside their forward that use each param (by id): a param is
@@ -150,6 +193,40 @@ class Stage3Runtime:
         for p in params:
             self.holders[id(p)] = self.holders.get(id(p), 0) + 1
         gather(params)
+        if self.in_backward:
+            return
+        if self.trace is None:
+            self._recording.append(module)
+        elif self.prefetch_numel > 0:
+            self._prefetch_after(module)
+
+    def _prefetch_after(self, module: nn.Module) -> None:
+        """Start gathering the modules the trace says come next, up to prefetch_numel."""
+        trace = self.trace
+        if self._position >= len(trace) or trace[self._position] is not module:
+            try:  # find where we are (a module may run several times per forward)
+                self._position = trace.index(module, self._position)
+            except ValueError:
+                return
+        budget = self.prefetch_numel
+        upcoming: list[nn.Parameter] = []
+        for later in trace[self._position + 1 :]:
+            for p in _module_params(later):
+                if not is_available(p) and id(p) not in _PENDING:
+                    budget -= p.zs_shard.numel
+                    if budget < 0:
+                        break
+                    upcoming.append(p)
+            if budget < 0:
+                break
+        self._position += 1
+        prefetch(upcoming)
+
+    def end_forward(self) -> None:
+        """The model's forward has returned: the first one fixes the prefetch trace."""
+        if self.trace is None and self._recording:
+            self.trace = self._recording
+        self._position = 0
 
     def _post_forward(self, module: nn.Module, inputs: Any, output: Any) -> None:
         params = _module_params(module)

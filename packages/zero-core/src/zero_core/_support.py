@@ -1,0 +1,66 @@
+"""Config settings the engine parses but does not act on: refused when they would matter.
+
+[Note: honoured, equivalent, or refused]
+Every key ``load_config`` accepts either changes what the engine does, or selects between
+strategies that give the same result here (``reduce_scatter``/``allgather_partitions``
+false, ``grad_hooks``, ``contiguous_gradients``: zero-core always reduce-scatters into a
+contiguous partition; ``stage3_max_live_parameters``/``stage3_max_reuse_distance``: a
+parameter is released as soon as its module is done, which any such cap allows), or is
+refused here with ``NotImplementedError`` when set to anything but its default. The other
+sections belong to other packages or later work: the engine does not drive zero-profiler's
+flops profiler, comms logger or monitors yet, nor DeepSpeed's own activation-checkpointing
+API (``torch.utils.checkpoint`` works at every stage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["refuse_unsupported"]
+
+#: zero_optimization keys that must keep their default: (key, default, why).
+_ZERO_DEFAULTS = [
+    ("stage3_module_granularity_threshold", 0, "module-granularity fetching"),
+    ("round_robin_gradients", False, "round-robin gradient copies (an offload option)"),
+]
+
+#: Sections another package owns; the engine does not run them yet.
+_ENGINE_SECTIONS = {
+    "flops_profiler": "call zero_profiler.get_model_profile / FlopsProfiler yourself",
+    "comms_logger": "use zero_profiler's comms logger directly",
+    "tensorboard": "drive zero_profiler.MonitorMaster yourself",
+    "wandb": "drive zero_profiler.MonitorMaster yourself",
+    "csv_monitor": "drive zero_profiler.MonitorMaster yourself",
+    "comet": "drive zero_profiler.MonitorMaster yourself",
+}
+
+
+def refuse_unsupported(cfg: Any) -> None:
+    """Raise ``NotImplementedError`` naming the first setting the engine would ignore."""
+    zc = cfg.zero_optimization
+    for key, default, what in _ZERO_DEFAULTS:
+        if getattr(zc, key) != default:
+            raise NotImplementedError(
+                f"zero_optimization.{key} = {getattr(zc, key)!r}: {what} is not implemented "
+                f"in zero-core; remove the key or set it to {default!r}"
+            )
+    for name, advice in _ENGINE_SECTIONS.items():
+        section = cfg.sections.get(name) or {}
+        if section.get("enabled"):
+            raise NotImplementedError(
+                f"{name}.enabled: the zero-core engine does not run the {name} yet; {advice}"
+            )
+    checkpointing = cfg.sections.get("activation_checkpointing") or {}
+    turned_on = sorted(k for k, v in checkpointing.items() if v)
+    if turned_on:
+        raise NotImplementedError(
+            f"activation_checkpointing.{turned_on[0]}: DeepSpeed's activation-checkpointing "
+            f"API is not implemented in zero-core; use torch.utils.checkpoint, which works at "
+            f"every ZeRO stage"
+        )
+    accum = (cfg.sections.get("data_types") or {}).get("grad_accum_dtype")
+    if accum not in (None, "fp32"):
+        raise NotImplementedError(
+            f"data_types.grad_accum_dtype = {accum!r}: zero-core accumulates gradients in fp32 "
+            f"partitions (stages 2-3) or the model dtype (stages 0-1); remove the key"
+        )
