@@ -32,6 +32,8 @@ PACKAGES: dict[str, str] = {
     "zero-sched": "zero_sched",
     "zero-optim": "zero_optim",
     "zero-aio": "zero_aio",
+    "zero-profiler": "zero_profiler",
+    "zero-core": "zero_core",
 }
 META = "zerospeed"
 

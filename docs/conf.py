@@ -5,7 +5,7 @@ that docstrings are parsed as reStructuredText (Google style, through napoleon).
 must stay warning-free under ``sphinx-build -W``; ``nox -s docs`` runs it that way.
 
 The packages are imported, not read from source: install them first (``nox -s docs`` does,
-or ``pip install ./packages/zero-sched ./packages/zero-optim ./packages/zero-aio .``).
+or ``pip install ./packages/zero-* .``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 from sphinx.util import logging
 
 import zero_aio
+import zero_core
 import zero_optim
+import zero_profiler
 import zero_sched
 import zerospeed
 
@@ -99,6 +101,8 @@ _API_PAGES = {
     "zero_sched": (zero_sched, DOCS / "api" / "zero-sched.md"),
     "zero_optim": (zero_optim, DOCS / "api" / "zero-optim.md"),
     "zero_aio": (zero_aio, DOCS / "api" / "zero-aio.md"),
+    "zero_profiler": (zero_profiler, DOCS / "api" / "zero-profiler.md"),
+    "zero_core": (zero_core, DOCS / "api" / "zero-core.md"),
     "zerospeed": (zerospeed, DOCS / "api" / "zerospeed.md"),
 }
 

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import zero_aio
+import zero_core
 import zero_optim
+import zero_profiler
 import zero_sched
 import zerospeed
 from zerospeed._cli import main
@@ -37,12 +39,22 @@ def test_aio_is_zero_aio():
     assert zerospeed.aio is zero_aio and via_import is zero_aio
 
 
+def test_profiler_core_and_initialize():
+    import zerospeed.core as core_alias
+    import zerospeed.profiler as profiler_alias
+
+    assert zerospeed.profiler is zero_profiler and profiler_alias is zero_profiler
+    assert zerospeed.core is zero_core and core_alias is zero_core
+    assert zerospeed.initialize is zero_core.initialize
+
+
 def test_report_lists_every_package(capsys):
     assert main(["report"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"zerospeed {zerospeed.__version__}\n")
     assert "[zero-sched]" in out and f"version    {zero_sched.__version__}" in out
     assert "[zero-optim]" in out and f"cpu kernels       {zero_optim.cpu_features()['isa']}" in out
+    assert "[zero-profiler]" in out
     assert "[zero-aio]" in out and f"default backend   {zero_aio.default_backend()}" in out
 
 

@@ -2,22 +2,29 @@
 
 This meta-package holds no logic of its own. It re-exports each installed sibling under one
 roof (``zerospeed.sched`` *is* ``zero_sched``, ``zerospeed.optim`` is ``zero_optim``,
-``zerospeed.aio`` is ``zero_aio``) and
+``zerospeed.aio`` is ``zero_aio``, ``zerospeed.profiler`` is ``zero_profiler``,
+``zerospeed.core`` is ``zero_core``), exposes ``zerospeed.initialize`` (zero-core's, with
+zero-optim's optimizers and zero-sched's schedules found through their entry points) and
 provides the ``zerospeed`` command line.
 """
 
 import sys
 
 import zero_aio as aio
+import zero_core as core
 import zero_optim as optim
+import zero_profiler as profiler
 import zero_sched as sched
+from zero_core import initialize
 
 # Register the aliases so `import zerospeed.sched` and `from zerospeed.optim import X` work
 # and give the very same module objects as `import zero_sched` / `import zero_optim`.
 sys.modules[f"{__name__}.sched"] = sched
 sys.modules[f"{__name__}.optim"] = optim
 sys.modules[f"{__name__}.aio"] = aio
+sys.modules[f"{__name__}.profiler"] = profiler
+sys.modules[f"{__name__}.core"] = core
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "aio", "optim", "sched"]
+__all__ = ["__version__", "aio", "core", "initialize", "optim", "profiler", "sched"]

@@ -11,7 +11,12 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Sibling packages whose ``report()`` section ``zerospeed report`` prints, in order.
-_SECTIONS = {"zero-sched": "zero_sched", "zero-optim": "zero_optim", "zero-aio": "zero_aio"}
+_SECTIONS = {
+    "zero-sched": "zero_sched",
+    "zero-optim": "zero_optim",
+    "zero-aio": "zero_aio",
+    "zero-profiler": "zero_profiler",
+}
 
 
 def _report() -> int:
