@@ -53,10 +53,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("report", help="versions and capabilities of every installed package")
     commands.add_parser("sched", help="learning-rate schedules (zero-sched): plot", add_help=False)
+    commands.add_parser(
+        "convert", help="checkpoint -> one fp32 state dict file (zero-core)", add_help=False
+    )
     if argv[:1] == ["sched"]:
         from zero_sched._cli import main as sched_main
 
         return sched_main(argv[1:], prog="zerospeed sched")
+    if argv[:1] == ["convert"]:
+        from zero_core.__main__ import main as core_main
+
+        return core_main(argv, prog="zerospeed")
     args = parser.parse_args(argv)
     if args.command == "report":
         return _report()

@@ -6,6 +6,7 @@ DeepSpeed JSON config: optimizer states (stage 1), gradients (stage 2) and param
 weights. Launch with ``torchrun``; world size 1 needs no launcher.
 """
 
+from ._consolidate import get_fp32_state_dict_from_zero_checkpoint, load_safetensors
 from ._dist import CollectiveError, init_distributed
 from ._engine import ZeroEngine
 from ._initialize import initialize
@@ -23,9 +24,11 @@ __all__ = [
     "LossScaler",
     "ZeroEngine",
     "__version__",
+    "get_fp32_state_dict_from_zero_checkpoint",
     "init_distributed",
     "initialize",
     "is_partitioned",
     "load_config",
+    "load_safetensors",
     "register_external_parameter",
 ]

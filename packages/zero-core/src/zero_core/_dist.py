@@ -75,12 +75,14 @@ def init_distributed(
     return True
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
+def world_size(group: Any = None) -> int:
+    """Ranks in ``group`` (default: the whole world; 1 without a process group)."""
+    return dist.get_world_size(group) if dist.is_initialized() else 1
 
 
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+def rank(group: Any = None) -> int:
+    """This rank's index in ``group`` (default: the whole world)."""
+    return dist.get_rank(group) if dist.is_initialized() else 0
 
 
 def _call(op: str, tensor: torch.Tensor, fn: Callable[[], Any]) -> Any:
@@ -105,35 +107,53 @@ _ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_t
 _REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
-def all_reduce(tensor: torch.Tensor, async_op: bool = False) -> Any:
-    """Sum ``tensor`` over all ranks, in place."""
-    if world_size() == 1:
+def all_reduce(tensor: torch.Tensor, async_op: bool = False, group: Any = None) -> Any:
+    """Sum ``tensor`` over the ranks of ``group`` (default: all), in place."""
+    if world_size(group) == 1:
         return _Done() if async_op else None
-    return _call("all_reduce", tensor, lambda: dist.all_reduce(tensor, async_op=async_op))
+    return _call(
+        "all_reduce", tensor, lambda: dist.all_reduce(tensor, group=group, async_op=async_op)
+    )
 
 
-def all_reduce_max(tensor: torch.Tensor) -> None:
-    if world_size() > 1:
-        _call("all_reduce(MAX)", tensor, lambda: dist.all_reduce(tensor, op=dist.ReduceOp.MAX))
+def all_reduce_max(tensor: torch.Tensor, group: Any = None) -> None:
+    """Elementwise maximum of ``tensor`` over the ranks of ``group``, in place."""
+    if world_size(group) > 1:
+        _call(
+            "all_reduce(MAX)",
+            tensor,
+            lambda: dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group),
+        )
 
 
-def reduce_scatter_into(out: torch.Tensor, full: torch.Tensor, async_op: bool = False) -> Any:
-    """Sum ``full`` (``world * out.numel()`` elements, rank-major) over ranks; this rank's
-    block lands in ``out``."""
-    if world_size() == 1:
+def reduce_scatter_into(
+    out: torch.Tensor, full: torch.Tensor, async_op: bool = False, group: Any = None
+) -> Any:
+    """Sum ``full`` (``group size * out.numel()`` elements, rank-major) over the ranks of
+    ``group``; this rank's block lands in ``out``."""
+    if world_size(group) == 1:
         out.copy_(full)
         return _Done() if async_op else None
-    return _call("reduce_scatter", full, lambda: _REDUCE_SCATTER(out, full, async_op=async_op))
+    return _call(
+        "reduce_scatter",
+        full,
+        lambda: _REDUCE_SCATTER(out, full, group=group, async_op=async_op),
+    )
 
 
-def all_gather_into(full: torch.Tensor, local: torch.Tensor, async_op: bool = False) -> Any:
-    """Concatenate every rank's ``local`` (rank-major) into ``full``."""
-    if world_size() == 1:
+def all_gather_into(
+    full: torch.Tensor, local: torch.Tensor, async_op: bool = False, group: Any = None
+) -> Any:
+    """Concatenate the ``local`` of every rank of ``group`` (rank-major) into ``full``."""
+    if world_size(group) == 1:
         full.copy_(local)
         return _Done() if async_op else None
-    return _call("all_gather", local, lambda: _ALL_GATHER(full, local, async_op=async_op))
+    return _call(
+        "all_gather", local, lambda: _ALL_GATHER(full, local, group=group, async_op=async_op)
+    )
 
 
-def broadcast(tensor: torch.Tensor, src: int = 0) -> None:
-    if world_size() > 1:
-        _call(f"broadcast(src={src})", tensor, lambda: dist.broadcast(tensor, src))
+def broadcast(tensor: torch.Tensor, src: int = 0, group: Any = None) -> None:
+    """Copy global rank ``src``'s ``tensor`` to the other ranks of ``group``."""
+    if world_size(group) > 1:
+        _call(f"broadcast(src={src})", tensor, lambda: dist.broadcast(tensor, src, group=group))

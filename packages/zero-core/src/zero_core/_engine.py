@@ -13,6 +13,7 @@ silently training on a wrong gradient.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from typing import Any
@@ -25,7 +26,15 @@ from ._loss_scaler import LossScaler
 from ._optimizer import ZeroOptimizer
 from ._reducer import GradReducer
 from ._shard import ParamShard
-from ._stage3 import Stage3Runtime, gather, is_partitioned, partition_param, release
+from ._stage3 import (
+    Stage3Runtime,
+    expert_group,
+    gather,
+    group_source,
+    is_partitioned,
+    partition_param,
+    release,
+)
 
 __all__ = ["ZeroEngine"]
 
@@ -71,6 +80,8 @@ class ZeroEngine(nn.Module):
         self.micro_steps = 0
         self._backward_pending = False
         self._timers: dict[str, float] = {}
+        self.training_dataloader = None
+        self._epoch_start_micro = 0
         self._prepare_module()
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         self.shard_groups = self._make_shards(groups)
@@ -95,13 +106,18 @@ class ZeroEngine(nn.Module):
                     b.data = b.data.to(self.dtype)
         zc = self.config.zero_optimization
         with torch.no_grad():
+            for p in model.parameters():  # built under Init before it was marked an expert
+                if is_partitioned(p) and p.zs_shard.group is not expert_group(p):
+                    gather([p])
+                    del p.zs_shard
             for name, p in model.named_parameters():
                 if is_partitioned(p):
                     continue
                 if self.stage == 3 and p.numel() > zc.stage3_param_persistence_threshold:
                     partition_param(p, name, broadcast=True)
                 else:
-                    _dist.broadcast(p.data, 0)
+                    group = expert_group(p)
+                    _dist.broadcast(p.data, group_source(group, p), group=group)
             for b in model.buffers():
                 _dist.broadcast(b.data, 0)
             if self.stage == 3:  # small params built partitioned by Init stay whole
@@ -119,7 +135,6 @@ class ZeroEngine(nn.Module):
 
     def _make_shards(self, groups: list[dict[str, Any]]) -> list[list[ParamShard]]:
         names = {id(p): n for n, p in self.module.named_parameters()}
-        nshards = self.world if self.stage >= 1 else 1
         seen: set[int] = set()
         out = []
         for g in groups:
@@ -132,9 +147,13 @@ class ZeroEngine(nn.Module):
                 seen.add(id(p))
                 if is_partitioned(p):
                     shards.append(p.zs_shard)
+                    continue
+                group = expert_group(p)
+                if self.stage >= 1:
+                    nshards, owner = _dist.world_size(group), _dist.rank(group)
                 else:
-                    owner = self.rank if nshards > 1 else 0
-                    shards.append(ParamShard(p, names.get(id(p), ""), nshards, owner))
+                    nshards, owner = 1, 0
+                shards.append(ParamShard(p, names.get(id(p), ""), nshards, owner, group=group))
             out.append(shards)
         missing = [
             n for n, p in self.module.named_parameters() if p.requires_grad and id(p) not in seen
@@ -154,6 +173,22 @@ class ZeroEngine(nn.Module):
         zc = self.config.zero_optimization
         direct = self.stage == 0 and self.dtype == torch.float32
         inner = factory(groups)
+        # [Note: optimizers that communicate] 1-bit Adam and friends exchange compressed
+        # momentum themselves: the engine must hand them each rank's own gradients.
+        self_comm = bool(getattr(inner, "communicates_gradients", False))
+        if self_comm:
+            stages = tuple(getattr(inner, "supported_zero_stages", (0,)))
+            name = type(inner).__name__
+            if self.stage not in stages:
+                raise ValueError(
+                    f"{name} communicates its own gradients and works with ZeRO stage "
+                    f"{', '.join(map(str, stages))} only; the config asks for stage {self.stage}"
+                )
+            if self.config.gradient_clipping:
+                raise ValueError(
+                    f"gradient_clipping with {name}: the engine never sees the averaged "
+                    f"gradient of an optimizer that communicates itself; remove it"
+                )
         scaler = None
         fp16 = self.config.fp16
         if fp16.enabled:
@@ -185,6 +220,7 @@ class ZeroEngine(nn.Module):
             overlap=bool(zc.overlap_comm),
             prescale=bool(self.config.prescale_gradients),
             predivide=float(self.config.gradient_predivide_factor),
+            communicate=not self_comm,
         )
         self._hooks = [
             s.param.register_post_accumulate_grad_hook(self._grad_hook(s)) for s in shards
@@ -310,6 +346,85 @@ class ZeroEngine(nn.Module):
             self.optimizer.zero_grad()
         else:
             self.module.zero_grad(set_to_none=True)
+
+    # -- data position and checkpoints ---------------------------------------------------------
+    def attach_dataloader(self, loader: Any) -> None:
+        self.training_dataloader = loader
+        loader.sampler.on_set_epoch = self._mark_epoch
+
+    def _mark_epoch(self) -> None:
+        self._epoch_start_micro = self.micro_steps
+
+    def data_position(self) -> dict[str, int]:
+        """Where this rank is in the training data (see [Note: resuming mid-epoch])."""
+        loader = self.training_dataloader
+        if loader is None:
+            return {}
+        consumed = (self.micro_steps - self._epoch_start_micro) * loader.batch_size
+        return {"epoch": loader.sampler.epoch, "consumed": consumed, "world": self.world}
+
+    def set_data_position(self, position: dict[str, int], rescale: bool = False) -> None:
+        loader = self.training_dataloader
+        if loader is None or not position:
+            return
+        consumed = position["consumed"]
+        if rescale:  # the same number of samples in all, spread over the new world
+            consumed = consumed * position["world"] // self.world
+        sampler = loader.sampler
+        sampler.set_epoch(position["epoch"])
+        sampler.skip = consumed % max(sampler.num_samples, 1)
+        self._epoch_start_micro = self.micro_steps - consumed // loader.batch_size
+
+    def save_checkpoint(
+        self,
+        save_dir: str,
+        tag: str | None = None,
+        client_state: dict[str, Any] | None = None,
+        save_latest: bool = True,
+    ) -> str:
+        """Save everything needed to resume exactly (see ``zero_core._checkpoint``); every
+        rank must call it. Returns the checkpoint directory."""
+        from ._checkpoint import save_checkpoint
+
+        return save_checkpoint(self, save_dir, tag, client_state, save_latest)
+
+    def load_checkpoint(
+        self,
+        load_dir: str,
+        tag: str | None = None,
+        load_optimizer_states: bool = True,
+        load_lr_scheduler_states: bool = True,
+        load_module_only: bool = False,
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """Load a checkpoint saved at any world size; returns ``(path, client_state)``."""
+        from ._checkpoint import load_checkpoint
+
+        return load_checkpoint(
+            self,
+            load_dir,
+            tag,
+            load_optimizer_states,
+            load_lr_scheduler_states,
+            load_module_only,
+        )
+
+    def save_16bit_model(self, save_dir: str, save_filename: str = "pytorch_model.bin") -> bool:
+        """Save the model's weights in the training dtype as one plain ``state_dict`` file
+        (rank 0 writes; stage 3 gathers one parameter at a time, and only when
+        ``stage3_gather_16bit_weights_on_model_save`` is true, as in DeepSpeed)."""
+        gather_ok = self.config.zero_optimization.stage3_gather_16bit_weights_on_model_save
+        if self.stage == 3 and not gather_ok:
+            raise ValueError(
+                "save_16bit_model at stage 3 gathers the full weights: set "
+                "zero_optimization.stage3_gather_16bit_weights_on_model_save to true"
+            )
+        from ._checkpoint import _write_atomic
+
+        state = self.full_state_dict()
+        if self.rank == 0:
+            os.makedirs(save_dir, exist_ok=True)
+            _write_atomic(state, os.path.join(save_dir, save_filename))
+        return True
 
     # -- DeepSpeed's accessors ------------------------------------------------------------------
     def get_lr(self) -> list[float]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from . import _dist, _registry
+from ._data import ResumableSampler
 from ._engine import ZeroEngine
 from ._support import refuse_unsupported
 from .config import load_config
@@ -104,7 +105,7 @@ def initialize(
     engine = ZeroEngine(model, cfg, factory, lr_scheduler, groups if factory else None)
     loader = None
     if training_data is not None:
-        sampler = torch.utils.data.DistributedSampler(
+        sampler = ResumableSampler(
             training_data, num_replicas=_dist.world_size(), rank=_dist.rank(), shuffle=True
         )
         loader = torch.utils.data.DataLoader(
@@ -113,6 +114,10 @@ def initialize(
             sampler=sampler,
             collate_fn=collate_fn,
             drop_last=cfg.dataloader_drop_last,
+            # its own generator: creating an iterator must not draw from the global RNG,
+            # or a resumed run would see other random numbers than an unbroken one
+            generator=torch.Generator().manual_seed(sampler.seed + _dist.rank()),
         )
-    engine.training_dataloader = loader
+    if loader is not None:
+        engine.attach_dataloader(loader)
     return engine, engine.optimizer, loader, engine.lr_scheduler

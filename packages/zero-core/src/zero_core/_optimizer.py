@@ -155,19 +155,29 @@ class ZeroOptimizer:
         return True
 
     def _global_norm(self, grads: list[torch.Tensor]) -> float:
+        """The norm of the whole model's gradient. Each rank adds its shards' squares, each
+        weighted by 1/(ranks holding that same shard): a whole parameter replicated over its
+        group of n ranks counts 1/n on each, a shard held by one rank counts fully."""
         sq = torch.zeros(1, dtype=torch.float64)
-        for g in grads:
-            sq += g.double().pow(2).sum()
-        if self.sharded:  # the shards are disjoint: their squares add up across ranks
-            _dist.all_reduce(sq)
+        for s in self.shards:
+            g = s.param.grad if self.direct else s.grad
+            if g is not None:
+                copies = _dist.world_size(s.group) // s.nshards
+                sq += g.double().pow(2).sum() / copies
+        _dist.all_reduce(sq)
         return math.sqrt(float(sq))
 
     def _no_grad_anywhere(self) -> list[ParamShard]:
-        if not self.shards:
-            return []
-        flags = torch.tensor([1 if s.had_grad else 0 for s in self.shards], dtype=torch.int32)
-        _dist.all_reduce_max(flags)
-        return [s for s, f in zip(self.shards, flags.tolist()) if not f]
+        """Params whose gradient was missing on every rank that holds them."""
+        by_group: dict[int, list[ParamShard]] = {}
+        for s in self.shards:
+            by_group.setdefault(id(s.group), []).append(s)
+        missing = []
+        for shards in by_group.values():
+            flags = torch.tensor([1 if s.had_grad else 0 for s in shards], dtype=torch.int32)
+            _dist.all_reduce_max(flags, group=shards[0].group)
+            missing += [s for s, f in zip(shards, flags.tolist()) if not f]
+        return missing
 
     @torch.no_grad()
     def _write_back(self) -> None:
@@ -185,7 +195,7 @@ class ZeroOptimizer:
             dtype = bucket.shards[0].param.dtype
             mine = torch.cat([s.master for s in bucket.shards]).to(dtype)
             full = torch.empty(bucket.nshards * bucket.total, dtype=dtype)
-            _dist.all_gather_into(full, mine)
+            _dist.all_gather_into(full, mine, group=bucket.group)
             for i, s in enumerate(bucket.shards):
                 s.param.data.copy_(bucket.unpack_full(full, i).view(s.shape))
 

@@ -36,6 +36,7 @@ class GradReducer:
         overlap: bool,
         prescale: bool,
         predivide: float,
+        communicate: bool = True,
     ) -> None:
         self.buckets: list[Bucket] = make_buckets(list(reversed(shards)), bucket_numel)
         self.where: dict[int, Bucket] = {}
@@ -47,6 +48,9 @@ class GradReducer:
         self.prescale = prescale
         self.predivide = predivide
         self.world = _dist.world_size()
+        #: False for optimizers that communicate themselves (1-bit Adam, ...): gradients stay
+        #: this rank's own, only moved into place
+        self.communicate = communicate
         self.active = False
         self._waiting: list[int] = []
         self._next = 0
@@ -95,16 +99,21 @@ class GradReducer:
                 torch.zeros(s.numel, dtype=self.comm_dtype) if g is None else g.reshape(-1)
             )
         staging = bucket.pack(flats, self.comm_dtype)
+        if not self.communicate:
+            self._complete(bucket, staging)
+            return
         if self.prescale and self.predivide != 1.0:
             staging.div_(self.predivide)
         if bucket.nshards == 1:
-            work = _dist.all_reduce(staging, async_op=self.overlap)
+            work = _dist.all_reduce(staging, async_op=self.overlap, group=bucket.group)
             result = staging
         else:
             for s in bucket.shards:  # the full gradients are not needed any more
                 s.param.grad = None
             result = torch.empty(bucket.total, dtype=self.comm_dtype)
-            work = _dist.reduce_scatter_into(result, staging, async_op=self.overlap)
+            work = _dist.reduce_scatter_into(
+                result, staging, async_op=self.overlap, group=bucket.group
+            )
         if self.overlap:
             self._inflight.append((work, bucket, result))
         else:
@@ -112,6 +121,8 @@ class GradReducer:
 
     def _complete(self, bucket: Bucket, result: torch.Tensor) -> None:
         scale = (self.predivide if self.prescale else 1.0) / self.world
+        if not self.communicate:
+            scale = 1.0
         if scale != 1.0:
             result.mul_(scale)
         if bucket.nshards == 1:

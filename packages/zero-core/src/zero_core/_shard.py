@@ -9,6 +9,13 @@ this rank's shards is exactly the per-parameter step on those elements (for elem
 optimizers such as Adam, Lion, Adagrad, SGD), and the padding stays zero (zero gradient, zero
 weight). Stage 0 uses ``n = 1`` (nothing split); stages 1-3 use the world size.
 
+[Note: expert params]
+A parameter marked ``allreduce = False`` with a ``zs_dp_group`` (zero-moe's experts; the
+attribute contract is documented in zero-moe) belongs to one expert replicated only across
+that expert-data-parallel group: it is sharded across that group, its gradient is summed
+over that group, and, like every gradient, divided by the world size, so the result is the
+gradient of the mean of all ranks' losses.
+
 Collectives move a *bucket* of parameters at once through a staging buffer laid out
 rank-major: block ``r`` holds shard ``r`` of every parameter in the bucket, so one
 reduce-scatter leaves this rank's shards of all of them side by side (the layout of the
@@ -18,6 +25,7 @@ flat gradient and master buffers), and one all-gather brings every shard back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +42,9 @@ class ParamShard:
     rank: int
     #: the full parameter's shape (its data may be empty at stage 3); default param.shape
     shape: torch.Size | None = None
+    #: the process group its gradient is averaged over and it is sharded across: None for
+    #: the whole world; an expert parameter's ``zs_dp_group`` (see [Note: expert params])
+    group: Any = None
     numel: int = field(init=False)
     shard_numel: int = field(init=False)
     #: fp32 views into the optimizer's flat buffers (set by ZeroOptimizer), length shard_numel
@@ -70,11 +81,13 @@ class ParamShard:
 
 
 class Bucket:
-    """Parameters whose gradients (or weights) are communicated in one collective."""
+    """Parameters whose gradients (or weights) are communicated in one collective (all in
+    the same process group)."""
 
     def __init__(self, shards: list[ParamShard], index: int) -> None:
         self.shards = shards
         self.index = index
+        self.group = shards[0].group if shards else None
         self.offsets: list[int] = []
         total = 0
         for s in shards:
@@ -99,12 +112,16 @@ class Bucket:
 
 def make_buckets(shards: list[ParamShard], bucket_numel: int) -> list[Bucket]:
     """Group shards, in the given order, into buckets of at most ``bucket_numel`` elements of
-    full parameters (a parameter larger than that gets a bucket of its own)."""
+    full parameters (a parameter larger than that gets a bucket of its own); a bucket holds
+    shards of one process group and one shard count only."""
     buckets: list[Bucket] = []
     current: list[ParamShard] = []
     size = 0
     for s in shards:
-        if current and size + s.numel > bucket_numel:
+        other_kind = current and (
+            current[0].group is not s.group or current[0].nshards != s.nshards
+        )
+        if current and (other_kind or size + s.numel > bucket_numel):
             buckets.append(Bucket(current, len(buckets)))
             current, size = [], 0
         current.append(s)

@@ -55,18 +55,38 @@ def is_available(param: torch.Tensor) -> bool:
     return not is_partitioned(param) or param.data.numel() == param.zs_shard.numel
 
 
-def partition_param(param: nn.Parameter, name: str = "", broadcast: bool = True) -> ParamShard:
-    """Split ``param`` across ranks now: keep this rank's shard, empty ``param.data``.
+def expert_group(param: nn.Parameter) -> Any:
+    """The process group an expert parameter is replicated over (None: a dense parameter,
+    replicated over the world). See [Note: expert params]."""
+    return None if getattr(param, "allreduce", True) else getattr(param, "zs_dp_group", None)
 
-    With ``broadcast`` the values are first taken from rank 0, so every rank holds the same
-    model whatever its random state was.
+
+def group_source(group: Any, param: nn.Parameter | None = None) -> int:
+    """The global rank whose values a group's members take at start-up: its first rank."""
+    if group is None:
+        return 0
+    ranks = getattr(param, "zs_dp_group_ranks", None)
+    if ranks:
+        return int(ranks[0])
+    return torch.distributed.get_global_rank(group, 0)
+
+
+def partition_param(param: nn.Parameter, name: str = "", broadcast: bool = True) -> ParamShard:
+    """Split ``param`` across the ranks of its group now: keep this rank's shard, empty
+    ``param.data``.
+
+    With ``broadcast`` the values are first taken from the group's first rank, so every rank
+    holds the same model whatever its random state was.
     """
     if is_partitioned(param):
         return param.zs_shard
     full = param.data
+    group = expert_group(param)
     if broadcast:
-        _dist.broadcast(full, 0)
-    shard = ParamShard(param, name, _dist.world_size(), _dist.rank(), shape=full.shape)
+        _dist.broadcast(full, group_source(group, param), group=group)
+    shard = ParamShard(
+        param, name, _dist.world_size(group), _dist.rank(group), shape=full.shape, group=group
+    )
     shard.local = shard.my_part(full.reshape(-1))
     param.zs_shard = shard
     param.data = torch.empty(0, dtype=full.dtype, device=full.device)
@@ -78,11 +98,12 @@ class _PendingGather:
 
     def __init__(self, shards: list[ParamShard], async_op: bool) -> None:
         self.shards = shards
+        self.group = shards[0].group
+        self.nshards = shards[0].nshards
         self.total = sum(s.shard_numel for s in shards)
         mine = torch.cat([s.local for s in shards]) if len(shards) > 1 else shards[0].local
-        world = _dist.world_size()
-        self.full = torch.empty(world * self.total, dtype=mine.dtype, device=mine.device)
-        self.work = _dist.all_gather_into(self.full, mine, async_op=async_op)
+        self.full = torch.empty(self.nshards * self.total, dtype=mine.dtype, device=mine.device)
+        self.work = _dist.all_gather_into(self.full, mine, async_op=async_op, group=self.group)
         for s in shards:
             _PENDING[id(s.param)] = self
 
@@ -90,7 +111,7 @@ class _PendingGather:
         if self.work is not None:
             self.work.wait()
             self.work = None
-        blocks = self.full.view(_dist.world_size(), self.total)
+        blocks = self.full.view(self.nshards, self.total)
         off = 0
         for s in self.shards:
             if _PENDING.pop(id(s.param), None) is self:
@@ -105,11 +126,12 @@ _PENDING: dict[int, _PendingGather] = {}
 
 def _start(params: Iterable[nn.Parameter], async_op: bool) -> list[_PendingGather]:
     """Launch the all-gathers of the params that are neither whole nor in flight (one per
-    dtype)."""
-    groups: dict[torch.dtype, list[ParamShard]] = {}
+    dtype and process group)."""
+    groups: dict[tuple[torch.dtype, int], list[ParamShard]] = {}
     for p in params:
         if not is_available(p) and id(p) not in _PENDING:
-            groups.setdefault(p.zs_shard.local.dtype, []).append(p.zs_shard)
+            key = (p.zs_shard.local.dtype, id(p.zs_shard.group))
+            groups.setdefault(key, []).append(p.zs_shard)
     return [_PendingGather(group, async_op) for group in groups.values()]
 
 
@@ -286,7 +308,7 @@ def GatheredParameters(  # noqa: N802 - DeepSpeed's name
     finally:
         if modifier_rank is not None:
             for p in params:
-                _dist.broadcast(p.data, modifier_rank)
+                _dist.broadcast(p.data, modifier_rank, group=p.zs_shard.group)
                 s = p.zs_shard
                 mine = s.my_part(p.data.reshape(-1))
                 s.local.copy_(mine)
