@@ -11,6 +11,7 @@
   one of the ``SparsityConfig`` classes (DeepSpeed's ``"sparse_attention"`` block).
 """
 
+from ._attention import SparseSelfAttention
 from ._experts import Experts
 from ._gating import GateOutput, TopKGate, compute_capacity
 from ._groups import (
@@ -24,16 +25,37 @@ from ._groups import (
 )
 from ._layer import MoE, MOELayer
 from ._optim import is_moe_param, split_params_into_different_moe_groups_for_optimizer
+from ._sparse_config import sparsity_config_from_dict
+from ._sparse_utils import BertSparseSelfAttention, SparseAttentionUtils
+from ._sparsity import (
+    BigBirdSparsityConfig,
+    BSLongformerSparsityConfig,
+    DenseSparsityConfig,
+    FixedSparsityConfig,
+    LocalSlidingWindowSparsityConfig,
+    SparsityConfig,
+    VariableSparsityConfig,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BSLongformerSparsityConfig",
+    "BertSparseSelfAttention",
+    "BigBirdSparsityConfig",
+    "DenseSparsityConfig",
     "ExpertGroups",
     "Experts",
+    "FixedSparsityConfig",
     "GateOutput",
+    "LocalSlidingWindowSparsityConfig",
     "MOELayer",
     "MoE",
+    "SparseAttentionUtils",
+    "SparseSelfAttention",
+    "SparsityConfig",
     "TopKGate",
+    "VariableSparsityConfig",
     "__version__",
     "compute_capacity",
     "create_expert_and_data_parallel",
@@ -43,5 +65,6 @@ __all__ = [
     "get_expert_parallel_group",
     "get_expert_parallel_ranks",
     "is_moe_param",
+    "sparsity_config_from_dict",
     "split_params_into_different_moe_groups_for_optimizer",
 ]
