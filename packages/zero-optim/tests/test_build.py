@@ -138,16 +138,11 @@ def test_bad_config(config, message):
         build_optimizer(params(), config)
 
 
-def test_one_bit_types_are_named_as_missing():
-    with pytest.raises(
-        NotImplementedError, match=r"'OneBitAdam' .* is not implemented in zero-optim yet"
-    ):
-        build_optimizer(params(), {"type": "OneBitAdam"})
-
-
 def test_entry_points_build_each_type():
     found = {ep.name: ep.load() for ep in entry_points(group="zerospeed.optimizers")}
-    assert set(found) == {"Adam", "AdamW", "Lamb", "Lion", "Adagrad"}
+    assert set(found) == {
+        "Adam", "AdamW", "Lamb", "Lion", "Adagrad", "OneBitAdam", "ZeroOneAdam", "OneBitLamb"
+    }  # fmt: skip
     opt = found["AdamW"](params(), lr=0.2, adam_w_mode=False)
     assert (
         type(opt) is CPUAdam

@@ -3,7 +3,9 @@
 ``CPUAdam``, ``CPUAdagrad`` and ``CPULion`` update CPU params with multi-threaded,
 vectorized kernels chosen for the CPU at load time (``cpu_features()``); the ``Fused*``
 classes accept CPU and CUDA params alike; ``FusedLamb`` is LAMB with DeepSpeed's trust-ratio
-clamping; ``build_optimizer`` builds any of them from a DeepSpeed ``"optimizer"`` block.
+clamping; ``OnebitAdam``, ``ZeroOneAdam`` and ``OnebitLamb`` (also in ``zero_optim.onebit``
+with their compressed collective) communicate 1 bit per element after a warm-up;
+``build_optimizer`` builds any of them from a DeepSpeed ``"optimizer"`` block.
 """
 
 from ._adagrad import CPUAdagrad
@@ -14,6 +16,7 @@ from ._lion import CPULion, FusedLion
 from ._native import cpu_features
 from ._report import report
 from ._threads import default_num_threads
+from .onebit import CompressedAllreduce, OnebitAdam, OnebitLamb, ZeroOneAdam
 
 __version__ = "0.1.0"
 
@@ -21,10 +24,14 @@ __all__ = [
     "CPUAdagrad",
     "CPUAdam",
     "CPULion",
+    "CompressedAllreduce",
     "FusedAdam",
     "FusedLamb",
     "FusedLion",
+    "OnebitAdam",
+    "OnebitLamb",
     "OptimizerConfigError",
+    "ZeroOneAdam",
     "__version__",
     "build_optimizer",
     "cpu_features",

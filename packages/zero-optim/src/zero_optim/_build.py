@@ -6,7 +6,10 @@ weight decay, and type AdamW always decouples; ``torch_adam: true`` asks for
 ``torch.optim.Adam``/``AdamW`` instead of ours; otherwise params all on CPU get
 :class:`CPUAdam` and any others :class:`FusedAdam` (same math, torch's fused kernel on
 device). ``"Lamb"`` is :class:`FusedLamb`, ``"Lion"`` :class:`CPULion`/:class:`FusedLion`,
-``"Adagrad"`` :class:`CPUAdagrad` on CPU and ``torch.optim.Adagrad`` elsewhere. Type names
+``"Adagrad"`` :class:`CPUAdagrad` on CPU and ``torch.optim.Adagrad`` elsewhere;
+``"OneBitAdam"``, ``"ZeroOneAdam"`` and ``"OneBitLamb"`` are :class:`OnebitAdam`,
+:class:`ZeroOneAdam` and :class:`OnebitLamb` (they communicate by themselves: see their
+``communicates_gradients`` and ``supported_zero_stages`` attributes). Type names
 match case-insensitively, as in DeepSpeed. Any other name is looked up in ``torch.optim``.
 """
 
@@ -24,14 +27,9 @@ from ._adagrad import CPUAdagrad
 from ._adam import CPUAdam, FusedAdam
 from ._lamb import FusedLamb
 from ._lion import CPULion, FusedLion
+from .onebit import OnebitAdam, OnebitLamb, ZeroOneAdam
 
 __all__ = ["OptimizerConfigError", "build_optimizer", "optimizer_types"]
-
-_NOT_YET = {
-    "onebitadam": "OneBitAdam",
-    "zerooneadam": "ZeroOneAdam",
-    "onebitlamb": "OneBitLamb",
-}
 
 
 class OptimizerConfigError(ValueError):
@@ -66,6 +64,7 @@ def optimizer_types() -> list[str]:
     ours = [
         "Adam", "AdamW", "Lamb", "Lion", "Adagrad",
         "CPUAdam", "FusedAdam", "FusedLamb", "CPULion", "FusedLion", "CPUAdagrad",
+        "OneBitAdam", "ZeroOneAdam", "OneBitLamb",
     ]  # fmt: skip
     taken = {name.lower() for name in ours}
     return ours + sorted(
@@ -144,14 +143,12 @@ def _choose(
         "fusedlion": FusedLion,
         "adagrad": CPUAdagrad if on_cpu else torch.optim.Adagrad,
         "cpuadagrad": CPUAdagrad,
+        "onebitadam": OnebitAdam,
+        "zerooneadam": ZeroOneAdam,
+        "onebitlamb": OnebitLamb,
     }
     if key in ours:
         return ours[key]
-    if key in _NOT_YET:
-        raise NotImplementedError(
-            f"optimizer type {_NOT_YET[key]!r} (1-bit communication) is not implemented in "
-            f"zero-optim yet; use 'Adam' or 'Lamb' meanwhile"
-        )
     torch_classes = _torch_optimizers()
     if key in torch_classes:
         return torch_classes[key]
@@ -179,8 +176,8 @@ def build_optimizer(
 
     Raises:
         OptimizerConfigError: unknown type or parameter (with the closest valid name), a
-            NaN/negative lr, eps or weight decay, betas outside [0, 1).
-        NotImplementedError: a DeepSpeed type zero-optim does not provide yet.
+            NaN/negative lr, eps or weight decay, betas outside [0, 1), or any argument the
+            optimizer itself refuses (e.g. ``freeze_step: 0``).
     """
     if not isinstance(config, Mapping):
         raise OptimizerConfigError(f"optimizer config must be a dict, got {type(config).__name__}")
@@ -224,3 +221,6 @@ adamw = _factory("AdamW")
 lamb = _factory("Lamb")
 lion = _factory("Lion")
 adagrad = _factory("Adagrad")
+onebitadam = _factory("OneBitAdam")
+zerooneadam = _factory("ZeroOneAdam")
+onebitlamb = _factory("OneBitLamb")

@@ -1,0 +1,190 @@
+"""OnebitAdam: Adam warm-up in full precision, then frozen variance and 1-bit momentum.
+
+[Note: 1-bit Adam's two phases]
+Steps ``1 .. freeze_step`` (warm-up) are AdamW on the gradients averaged over ranks in
+fp32, op for op as ``torch.optim.AdamW(foreach=False)`` computes it, so a warm-up run equals
+torch's data-parallel AdamW exactly. From step ``freeze_step + 1`` on (compression):
+
+    m = beta1 * m + (1 - beta1) * g_local         (this rank's gradient, not averaged)
+    m = compressed_mean_over_ranks(m)            ([Note: compressed allreduce])
+    p = p * (1 - lr * weight_decay) - lr / c1 * m / (sqrt(v / c2) + eps)
+
+``v`` is frozen at its value after warm-up and so is its bias correction ``c2 = 1 -
+beta2^freeze_step``; ``c1 = 1 - beta1^step`` keeps counting (both 1 without
+``bias_correction``). Momentum is the only thing communicated, 1 bit per element, and every
+rank decodes the same compressed mean, so params stay identical on all ranks. With one rank
+nothing is communicated and nothing is compressed: compression is Adam with a frozen
+variance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from ._base import OnebitOptimizer, check_positive_int
+
+__all__ = ["OnebitAdam", "adam_denom", "adam_state", "adamw_update"]
+
+
+def adam_state(state: dict[str, Any], p: torch.Tensor) -> None:
+    """Create torch's Adam state for ``p`` if it has none."""
+    if not state:
+        state["step"] = torch.tensor(0.0)
+        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def adam_denom(group: dict[str, Any], v: torch.Tensor, var_step: float) -> torch.Tensor:
+    """``sqrt(v / c2) + eps`` (or ``sqrt(v / c2 + eps)``) as torch's single-tensor Adam
+    computes it, ``c2`` the bias correction after ``var_step`` variance updates."""
+    beta2, eps = group["betas"][1], group["eps"]
+    c2 = 1 - beta2**var_step if group["bias_correction"] else 1.0
+    if group.get("eps_inside_sqrt", False):
+        return (v / c2).add_(eps).sqrt_()
+    return (v.sqrt() / c2**0.5).add_(eps)
+
+
+def adamw_update(
+    group: dict[str, Any], p: torch.Tensor, m: torch.Tensor, denom: torch.Tensor, step: float
+) -> None:
+    """``p = p * (1 - lr * wd) - lr / c1 * m / denom`` in torch AdamW's order of ops."""
+    lr, wd, beta1 = group["lr"], group["weight_decay"], group["betas"][0]
+    if wd != 0:
+        p.mul_(1 - lr * wd)
+    c1 = 1 - beta1**step if group["bias_correction"] else 1.0
+    p.addcdiv_(m, denom, value=-(lr / c1))
+
+
+def clip_by_group(
+    found: list[tuple[dict[str, Any], torch.Tensor, Any]], grads: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Each group's grads scaled to a joint L2 norm of at most its ``max_grad_norm``."""
+    out = list(grads)
+    for group in {id(g): g for g, _, _ in found}.values():
+        if group.get("max_grad_norm", 0) > 0:
+            idx = [i for i, (g, _, _) in enumerate(found) if g is group]
+            clipped = OnebitOptimizer._clip([out[i] for i in idx], group["max_grad_norm"])
+            for i, c in zip(idx, clipped):
+                out[i] = c
+    return out
+
+
+class OnebitAdam(OnebitOptimizer):
+    """1-bit Adam (Tang et al. 2021) with DeepSpeed's ``OneBitAdam`` arguments.
+
+    Give it each rank's local gradients: it averages them itself (see [Note: the optimizer
+    communicates, not the engine] and [Note: 1-bit Adam's two phases]). Works with any
+    ``torch.distributed`` backend, and without a process group on one rank.
+
+    Args:
+        params: params or param groups.
+        lr: learning rate.
+        freeze_step: full-precision warm-up steps before the variance is frozen and
+            momentum is communicated in 1 bit; at least 1.
+        bias_correction: Adam's bias corrections.
+        betas: coefficients of the running averages, each in [0, 1).
+        eps: added to the denominator.
+        eps_inside_sqrt: ``sqrt(v_hat + eps)`` instead of ``sqrt(v_hat) + eps``.
+        weight_decay: decoupled (AdamW) weight decay.
+        max_grad_norm: when > 0, each group's gradients (averaged ones during warm-up,
+            local ones after) are scaled to a joint L2 norm of at most this.
+        amsgrad: not implemented; ``True`` raises.
+        cuda_aware: the backend reads CUDA memory directly (else CUDA tensors are staged
+            through host memory for gloo and mpi).
+        comm_backend_name: ``torch.distributed`` backend to communicate over: ``"nccl"``,
+            ``"gloo"`` or ``"mpi"`` (a group with it is created when the default group uses
+            another).
+
+    Raises:
+        ValueError, TypeError: an argument out of range or of the wrong type (the message
+            names it).
+
+    State per param: torch's ``step``, ``exp_avg``, ``exp_avg_sq``; :meth:`state_dict`
+    adds the step count and this rank's error buffers.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        freeze_step: int = 100000,
+        bias_correction: bool = True,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        eps_inside_sqrt: bool = False,
+        weight_decay: float = 0.0,
+        max_grad_norm: float = 0.0,
+        amsgrad: bool = False,
+        cuda_aware: bool = False,
+        comm_backend_name: str = "nccl",
+    ) -> None:
+        self.freeze_step = check_positive_int("freeze_step", freeze_step)
+        defaults = {
+            "lr": lr,
+            "bias_correction": bias_correction,
+            "betas": betas,
+            "eps": eps,
+            "eps_inside_sqrt": eps_inside_sqrt,
+            "weight_decay": weight_decay,
+            "max_grad_norm": max_grad_norm,
+        }
+        super().__init__(
+            params,
+            defaults,
+            amsgrad=amsgrad,
+            cuda_aware=cuda_aware,
+            comm_backend_name=comm_backend_name,
+        )
+
+    @property
+    def frozen(self) -> bool:
+        """True once warm-up is over (the next step communicates 1-bit)."""
+        return self.onebit_step >= self.freeze_step
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step over every param with a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found = self._params_with_grads()
+        if not found:
+            return loss
+        warmup = not self.frozen
+        self.onebit_step += 1
+        grads = [p.grad for _, p, _ in found]
+        if warmup:
+            grads = self._average(grads)
+        grads = clip_by_group(found, grads)
+        for (group, p, _), g in zip(found, grads):
+            state = self.state[p]
+            adam_state(state, p)
+            state["step"] += 1
+            if warmup:
+                if group["weight_decay"] != 0:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                beta1, beta2 = group["betas"]
+                state["exp_avg"].lerp_(g, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                step = state["step"].item()
+                denom = adam_denom(group, state["exp_avg_sq"], step)
+                c1 = 1 - beta1**step if group["bias_correction"] else 1.0
+                p.addcdiv_(state["exp_avg"], denom, value=-(group["lr"] / c1))
+            else:
+                state["exp_avg"].lerp_(g, 1 - group["betas"][0])
+        if warmup:
+            return loss
+        momenta = [self.state[p]["exp_avg"] for _, p, _ in found]
+        layout = tuple(key for _, _, key in found)
+        for m, avg in zip(momenta, self._compressed_average(momenta, layout)):
+            m.copy_(avg)
+        for group, p, _ in found:
+            state = self.state[p]
+            step = state["step"].item()
+            denom = adam_denom(group, state["exp_avg_sq"], min(step, self.freeze_step))
+            adamw_update(group, p, state["exp_avg"], denom, step)
+        return loss
