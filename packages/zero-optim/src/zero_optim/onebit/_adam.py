@@ -19,14 +19,14 @@ variance.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from ._base import OnebitOptimizer, check_positive_int
 
-__all__ = ["OnebitAdam", "adam_denom", "adam_state", "adamw_update"]
+__all__ = ["OnebitAdam", "adam_denom", "adam_state", "adamw_update", "adamw_warmup_step"]
 
 
 def adam_state(state: dict[str, Any], p: torch.Tensor) -> None:
@@ -56,6 +56,22 @@ def adamw_update(
         p.mul_(1 - lr * wd)
     c1 = 1 - beta1**step if group["bias_correction"] else 1.0
     p.addcdiv_(m, denom, value=-(lr / c1))
+
+
+def adamw_warmup_step(
+    group: dict[str, Any], p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], var_step: float
+) -> None:
+    """A full AdamW step on the averaged gradient ``g``, in the order of
+    ``torch.optim.AdamW(foreach=False)``'s ops (``state["step"]`` already counts it)."""
+    if group["weight_decay"] != 0:
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+    beta1, beta2 = group["betas"]
+    state["exp_avg"].lerp_(g, 1 - beta1)
+    state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step = state["step"].item()
+    denom = adam_denom(group, state["exp_avg_sq"], var_step)
+    c1 = 1 - beta1**step if group["bias_correction"] else 1.0
+    p.addcdiv_(state["exp_avg"], denom, value=-(group["lr"] / c1))
 
 
 def clip_by_group(
@@ -144,18 +160,8 @@ class OnebitAdam(OnebitOptimizer):
         """True once warm-up is over (the next step communicates 1-bit)."""
         return self.onebit_step >= self.freeze_step
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step over every param with a gradient; returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        found = self._params_with_grads()
-        if not found:
-            return loss
-        warmup = not self.frozen
-        self.onebit_step += 1
+    def _step(self, found: list[Any]) -> None:
+        warmup = self.onebit_step <= self.freeze_step
         grads = [p.grad for _, p, _ in found]
         if warmup:
             grads = self._average(grads)
@@ -165,19 +171,11 @@ class OnebitAdam(OnebitOptimizer):
             adam_state(state, p)
             state["step"] += 1
             if warmup:
-                if group["weight_decay"] != 0:
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
-                beta1, beta2 = group["betas"]
-                state["exp_avg"].lerp_(g, 1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                step = state["step"].item()
-                denom = adam_denom(group, state["exp_avg_sq"], step)
-                c1 = 1 - beta1**step if group["bias_correction"] else 1.0
-                p.addcdiv_(state["exp_avg"], denom, value=-(group["lr"] / c1))
+                adamw_warmup_step(group, p, g, state, state["step"].item())
             else:
                 state["exp_avg"].lerp_(g, 1 - group["betas"][0])
         if warmup:
-            return loss
+            return
         momenta = [self.state[p]["exp_avg"] for _, p, _ in found]
         layout = tuple(key for _, _, key in found)
         for m, avg in zip(momenta, self._compressed_average(momenta, layout)):
@@ -187,4 +185,3 @@ class OnebitAdam(OnebitOptimizer):
             step = state["step"].item()
             denom = adam_denom(group, state["exp_avg_sq"], min(step, self.freeze_step))
             adamw_update(group, p, state["exp_avg"], denom, step)
-        return loss

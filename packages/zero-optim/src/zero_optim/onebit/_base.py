@@ -13,7 +13,7 @@ combines only with ZeRO stage 0 (``supported_zero_stages``). Every rank must cal
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -81,6 +81,24 @@ class OnebitOptimizer(torch.optim.Optimizer):
     def comm_counter(self) -> CommCounter:
         """Bytes this rank has handed to collectives (see :class:`CommCounter`)."""
         return self.comm.counter
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One step over every param with a gradient; returns the closure's loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        found = self._params_with_grads()
+        if found:
+            self.onebit_step += 1
+            self._step(found)
+        return loss
+
+    def _step(self, found: list[tuple[dict[str, Any], torch.Tensor, tuple[int, int]]]) -> None:
+        """The update of step ``self.onebit_step`` (counted from 1) for ``found``:
+        ``(group, param, (group index, param index))`` of each param with a gradient."""
+        raise NotImplementedError
 
     # ---- params and gradients -------------------------------------------------------------
 

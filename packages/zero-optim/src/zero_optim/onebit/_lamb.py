@@ -25,7 +25,7 @@ warm-up only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -152,25 +152,15 @@ class OnebitLamb(OnebitOptimizer):
         """The trust ratios of the latest step, one per updated param, in group order."""
         return [coeff.item() for coeff in self.lamb_coeffs]
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step over every param with a gradient; returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        found = self._params_with_grads()
-        if not found:
-            return loss
-        warmup = not self.frozen
-        self.onebit_step += 1
+    def _step(self, found: list[Any]) -> None:
+        warmup = self.onebit_step <= self.freeze_step
         grads = [p.grad for _, p, _ in found]
         if warmup:
             grads = self._average(grads)
         grads = clip_by_group(found, grads)
         if warmup:
             self.lamb_coeffs = [self._warmup(group, p, g) for (group, p, _), g in zip(found, grads)]
-            return loss
+            return
         previous = []
         for (group, p, _), g in zip(found, grads):
             state = self.state[p]
@@ -184,7 +174,6 @@ class OnebitLamb(OnebitOptimizer):
         self.lamb_coeffs = [
             self._frozen(group, p, m_prev) for (group, p, _), m_prev in zip(found, previous)
         ]
-        return loss
 
     def _warmup(self, group: dict[str, Any], p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         (beta1, beta2), lr, wd = group["betas"], group["lr"], group["weight_decay"]

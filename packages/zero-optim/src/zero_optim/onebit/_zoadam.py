@@ -26,12 +26,12 @@ quantities).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from ._adam import adam_denom, adam_state, adamw_update, clip_by_group
+from ._adam import adam_denom, adam_state, adamw_update, adamw_warmup_step, clip_by_group
 from ._base import OnebitOptimizer, check_positive_int
 
 __all__ = ["ZeroOneAdam"]
@@ -132,17 +132,7 @@ class ZeroOneAdam(OnebitOptimizer):
         doublings = (step - self.var_freeze_step - 1) // self.local_step_scaler
         return min(2 ** min(doublings, 62), self.local_step_clipper)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step over every param with a gradient; returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        found = self._params_with_grads()
-        if not found:
-            return loss
-        self.onebit_step += 1
+    def _step(self, found: list[Any]) -> None:
         t = self.onebit_step
         if t <= self.var_freeze_step and t >= self.next_var_update:
             self._variance_step(found)
@@ -154,7 +144,6 @@ class ZeroOneAdam(OnebitOptimizer):
             self._onebit_step(found)
         else:
             self._local_step(found, t)
-        return loss
 
     def _variance_step(self, found: list[Any]) -> None:
         grads = clip_by_group(found, self._average([p.grad for _, p, _ in found]))
@@ -163,15 +152,7 @@ class ZeroOneAdam(OnebitOptimizer):
             adam_state(state, p)
             state["step"] += 1
             state["var_step"] = state.get("var_step", 0) + 1
-            if group["weight_decay"] != 0:
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-            beta1, beta2 = group["betas"]
-            state["exp_avg"].lerp_(g, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            step = state["step"].item()
-            denom = adam_denom(group, state["exp_avg_sq"], state["var_step"])
-            c1 = 1 - beta1**step if group["bias_correction"] else 1.0
-            p.addcdiv_(state["exp_avg"], denom, value=-(group["lr"] / c1))
+            adamw_warmup_step(group, p, g, state, state["var_step"])
 
     def _onebit_step(self, found: list[Any]) -> None:
         grads = clip_by_group(found, [p.grad for _, p, _ in found])
