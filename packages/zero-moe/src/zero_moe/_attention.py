@@ -1,25 +1,33 @@
 """Block-sparse self-attention that computes only the layout's nonzero blocks.
 
 [Note: block-gather attention]
-For a ``[H, n, n]`` layout, each (head, query-block row) attends to the key blocks listed
-in its row. Rows are grouped into *buckets* of similar nonzero counts (counts rounded up
-to a ~1.25x geometric ladder), and each bucket is computed with dense batched matmuls:
+For a ``[H, n, n]`` layout, query-block rows are taken ``g`` consecutive rows at a time
+(a *row group*); a group attends to the union of its rows' key blocks, and layout zeros
+inside that union become a -inf bias. ``g`` (a power of two dividing ``n``, at most 256
+query rows) minimizes ``sum over groups of |union| * (g * block + c)``: a larger group
+gathers each key block once for more queries (gathering is memory-bound), a smaller one
+wastes less work on zeros inside the union (``c`` is the relative cost of gathering a
+block). A Fixed layout's window rows share their columns, so ``g`` grows to the window
+at no waste; BigBird's random blocks keep ``g`` small.
 
-1. gather the bucket's query blocks ``[B, R, block, D]`` and, per row, its ``m`` key and
-   value blocks ``[B, R, m*block, D]`` (rows with fewer than ``m`` blocks are padded and
-   the padding is masked with -inf);
-2. scores ``[B, R, block, m*block]``, scaled, plus the gathered blocks of ``rpe`` and the
-   masks; a softmax over the row's gathered keys; the weighted sum of the gathered values;
-3. scatter the rows' outputs back to ``[B, H, L, D]``.
+Groups are then bucketed by union size (rounded up a ~1.25x geometric ladder, padded to
+the widest member of the bucket), and each bucket is one dense computation:
 
-Work and memory are proportional to the padded number of nonzero blocks (at most ~1.25x
-the true count), never to ``L**2``; a layout with a few dense rows (BigBird's global
-blocks) puts them in their own bucket instead of padding every row to their width.
-Everything is differentiable through ordinary torch indexing and matmuls. Query rows whose
-every key is masked output zeros (where dense softmax would give NaN).
+1. ``index_select`` the bucket's query rows ``[B, R, g*block, D]`` and, per group, its
+   ``m`` key and value blocks ``[B, R, m*block, D]``;
+2. without masks or ``rpe``: PyTorch's fused ``scaled_dot_product_attention`` on those,
+   with the layout bias when the union has zeros; with them: explicit scores
+   ``[B, R, g*block, m*block]``, plus the gathered blocks of ``rpe`` and the masks, and a
+   softmax that outputs zeros for a query whose every key is masked (dense: NaN);
+3. ``index_copy`` the groups' outputs back into ``[B, H, L, D]``.
 
-On CPU this beat PyTorch's FlexAttention with a block mask (see the package README for
-the numbers), so it is the implementation; the layout is the spec either way.
+Work and memory are proportional to the padded, grouped number of nonzero blocks, never
+to ``L**2``; a layout with a few dense rows (BigBird's global blocks) puts them in their
+own bucket instead of padding every row to their width. Everything is differentiable
+through ordinary torch indexing, matmuls and SDPA.
+
+On CPU this beat PyTorch's FlexAttention with a block mask of the same layout (see the
+package README for the numbers), so it is the implementation.
 """
 
 from __future__ import annotations
