@@ -1,0 +1,239 @@
+"""1-bit Adam, 0/1 Adam and 1-bit LAMB on 2 gloo ranks: bytes, time per step, convergence.
+
+What it measures
+    * Bytes per step per rank handed to collectives (each optimizer's ``comm_counter``,
+      which counts the size of every tensor passed to a collective, and estimates what
+      leaves the rank) for a model of ``--params`` parameters: full-precision warm-up (an
+      fp32 all-reduce of the gradients, what data-parallel Adam sends) against each
+      optimizer's compressed phase.
+    * Time per step on 2 ranks (backward excluded: the step on given local gradients,
+      including its communication), median of ``--steps`` after warm-up.
+    * Convergence: held-out loss vs step on a small regression task (an 8-32-1 tanh MLP
+      fitting ``sin(x @ w)`` plus noise of std 0.3, so the loss floor is 0.09), batch 64
+      per rank, ``--train-steps`` steps, freeze after ``--freeze`` steps, for AdamW and
+      FusedLamb (gradients all-reduced in fp32) and OnebitAdam, ZeroOneAdam, OnebitLamb.
+      Final loss = mean over the last 20 steps. Writes a PNG when matplotlib imports.
+
+Run: ``python bench/onebit.py [--png docs/packages/zero-optim-onebit.png]``.
+Nothing here is a test; it prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from zero_optim import FusedLamb, OnebitAdam, OnebitLamb, ZeroOneAdam
+
+GLOO = {"comm_backend_name": "gloo"}
+
+
+def _init(rank: int, store: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{store}",
+        rank=rank,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=300),
+    )
+
+
+def _comm_rank(rank: int, store: str, out: str, numel: int, steps: int) -> None:
+    _init(rank, store)
+    rows = {}
+    makers = {
+        "OnebitAdam": lambda ps: OnebitAdam(ps, freeze_step=2, **GLOO),
+        "ZeroOneAdam (1-bit steps)": lambda ps: ZeroOneAdam(
+            ps, var_freeze_step=10**6, var_update_scaler=1, **GLOO
+        ),
+        "ZeroOneAdam (local steps, H=4)": lambda ps: ZeroOneAdam(
+            ps, var_freeze_step=2, local_step_scaler=1, local_step_clipper=4, **GLOO
+        ),
+        "OnebitLamb": lambda ps: OnebitLamb(ps, freeze_step=2, **GLOO),
+    }
+    for name, make in makers.items():
+        p = torch.nn.Parameter(torch.randn(numel))
+        opt = make([p])
+        gen = torch.Generator().manual_seed(rank)
+        warm, frozen, times = [], [], []
+        for step in range(2 + 8 + steps):
+            p.grad = torch.randn(numel, generator=gen)
+            opt.comm_counter.reset()
+            dist.barrier()
+            start = time.perf_counter()
+            opt.step()
+            elapsed = time.perf_counter() - start
+            counts = (opt.comm_counter.bytes_in, opt.comm_counter.bytes_sent)
+            (warm if step < 2 else frozen).append(counts)
+            if step == 0:
+                rows.setdefault("fp32 all-reduce (warm-up step)", (counts, [], numel))
+            if step >= 10:
+                times.append(elapsed)
+            if step == 0:
+                rows["fp32 all-reduce (warm-up step)"][1].append(elapsed)
+        if "local" in name:  # steps without communication count: average over intervals
+            n = len(frozen)
+            per_step = (sum(c[0] for c in frozen) / n, sum(c[1] for c in frozen) / n)
+        else:  # the typical compressed step (0/1 Adam's rare variance steps are fp32)
+            per_step = (
+                statistics.median(c[0] for c in frozen),
+                statistics.median(c[1] for c in frozen),
+            )
+        rows[name] = (per_step, times, numel)
+    # fp32 all-reduce timing on its own, same size
+    buf = torch.randn(numel)
+    times = []
+    for step in range(5 + steps):
+        dist.barrier()
+        start = time.perf_counter()
+        dist.all_reduce(buf)
+        if step >= 5:
+            times.append(time.perf_counter() - start)
+    rows["fp32 all-reduce (warm-up step)"] = (
+        rows["fp32 all-reduce (warm-up step)"][0],
+        times,
+        numel,
+    )
+    torch.save(rows, os.path.join(out, f"comm{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+
+
+def batch(rank: int, step: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1000 * step + rank)
+    w = torch.randn(8, 1, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(size, 8, generator=gen)
+    return x, torch.sin(x @ w) + 0.3 * torch.randn(size, 1, generator=gen)
+
+
+def _conv_rank(rank: int, store: str, out: str, train_steps: int, freeze: int, lr: float) -> None:
+    _init(rank, store)
+    makers = {
+        "AdamW": (lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=0.0), True),
+        "OnebitAdam": (lambda ps: OnebitAdam(ps, lr=lr, freeze_step=freeze, **GLOO), False),
+        "ZeroOneAdam": (
+            lambda ps: ZeroOneAdam(
+                ps, lr=lr, var_freeze_step=freeze, local_step_scaler=freeze, **GLOO
+            ),
+            False,
+        ),
+        "FusedLamb": (lambda ps: FusedLamb(ps, lr=lr), True),
+        "OnebitLamb": (lambda ps: OnebitLamb(ps, lr=lr, freeze_step=freeze, **GLOO), False),
+    }
+    x_eval, y_eval = batch(99, 99, size=2048)
+    curves = {}
+    for name, (make, reference) in makers.items():
+        model = make_model()
+        opt = make(model.parameters())
+        losses = []
+        for step in range(train_steps):
+            x, y = batch(rank, step)
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            if reference:
+                for p in model.parameters():
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(2)
+            opt.step()
+            with torch.no_grad():
+                losses.append(torch.nn.functional.mse_loss(model(x_eval), y_eval).item())
+        curves[name] = losses
+    torch.save(curves, os.path.join(out, f"conv{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def _spawn(fn, *args) -> str:
+    out = tempfile.mkdtemp()
+    mp.start_processes(
+        fn, args=(os.path.join(out, "store"), out, *args), nprocs=2, start_method="spawn"
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", type=int, default=4 * 2**20)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--train-steps", type=int, default=1500)
+    parser.add_argument("--freeze", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--png", default=None)
+    args = parser.parse_args()
+
+    print(f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.system()}")
+    print(f"- CPUs: {os.cpu_count()}; load average at start: {os.getloadavg()}")
+    print("- 2 gloo ranks on this machine (1 thread each)\n")
+
+    out = _spawn(_comm_rank, args.params, args.steps)
+    rows = torch.load(os.path.join(out, "comm0.pt"), weights_only=False)
+    base_in, base_sent = rows["fp32 all-reduce (warm-up step)"][0]
+    print(f"**Communication per step per rank, {args.params:,} fp32 params**\n")
+    print(
+        "| phase | bytes to collectives | vs fp32 | est. bytes sent | vs fp32 | ms/step (median) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, ((b_in, b_sent), times, _) in rows.items():
+        ms = 1000 * statistics.median(times) if times else float("nan")
+        print(
+            f"| {name} | {b_in:,.0f} | {base_in / b_in:.1f}x | {b_sent:,.0f} | "
+            f"{base_sent / b_sent:.1f}x | {ms:.1f} |"
+        )
+    print(
+        "\nThe fp32 row times a bare `all_reduce` of the gradient; the others time the whole"
+        " optimizer step (compression, collectives, update). ZeroOneAdam's local-steps row"
+        " averages over its interval: 3 of 4 steps send nothing. The other rows show the"
+        " median step (0/1 Adam's occasional variance steps are fp32 all-reduces).\n"
+    )
+
+    out = _spawn(_conv_rank, args.train_steps, args.freeze, args.lr)
+    curves = torch.load(os.path.join(out, "conv0.pt"), weights_only=False)
+    final = {name: sum(c[-20:]) / 20 for name, c in curves.items()}
+    print(
+        f"**Convergence: held-out loss, {args.train_steps} steps, freeze after {args.freeze},"
+        f" lr {args.lr}**\n"
+    )
+    marks = [0, args.freeze, args.train_steps // 4, args.train_steps // 2, args.train_steps - 1]
+    print(
+        "| optimizer | " + " | ".join(f"step {m + 1}" for m in marks) + " | final | vs baseline |"
+    )
+    print("|---|" + "---:|" * (len(marks) + 2))
+    for name, c in curves.items():
+        base = final["FusedLamb" if "Lamb" in name else "AdamW"]
+        print(
+            f"| {name} | "
+            + " | ".join(f"{c[m]:.4f}" for m in marks)
+            + f" | {final[name]:.4f} | {100 * (final[name] / base - 1):+.1f}% |"
+        )
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=80)
+        for name, c in curves.items():
+            ax.plot(range(1, len(c) + 1), c, label=name, linewidth=1)
+        ax.axvline(args.freeze, color="gray", linestyle=":", linewidth=1)
+        ax.set(xlabel="step", ylabel="held-out MSE", yscale="log", title="2 gloo ranks")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.png)
+        print(f"\nplot: {args.png}")
+
+
+if __name__ == "__main__":
+    main()
