@@ -43,7 +43,7 @@ def test_defaults_are_deepspeeds():
         "offload_optimizer": None,
         "stage3_max_live_parameters": 1_000_000_000,
         "stage3_max_reuse_distance": 1_000_000_000,
-        "stage3_prefetch_bucket_size": 500_000_000,
+        "stage3_prefetch_bucket_size": 50_000_000,
         "stage3_param_persistence_threshold": 100_000,
         "stage3_gather_16bit_weights_on_model_save": False,
         "stage3_module_granularity_threshold": 0,

@@ -138,10 +138,15 @@ def test_unknown_type_suggests_the_closest(monkeypatch):
         _registry.build_optimizer("AdamWW", [nn.Parameter(torch.ones(2))], {})
 
 
-def test_adam_without_zero_optim_warns_about_weight_decay(monkeypatch):
+def test_deepspeed_adam_options_work_on_torch_classes(monkeypatch):
     monkeypatch.setattr(_registry, "entry_points", lambda group: [])
-    with pytest.warns(UserWarning, match="adam_w_mode"):
-        _registry.build_optimizer("Adam", [nn.Parameter(torch.ones(2))], {})
+    param = [nn.Parameter(torch.ones(2))]
+    # DeepSpeed's "Adam" decouples weight decay unless adam_w_mode is false
+    assert type(_registry.build_optimizer("Adam", param, {})) is torch.optim.AdamW
+    plain = _registry.build_optimizer("Adam", param, {"adam_w_mode": False, "torch_adam": True})
+    assert type(plain) is torch.optim.Adam
+    opt = _registry.build_optimizer("AdamW", param, {"torch_adam": True, "lr": 0.2})
+    assert type(opt) is torch.optim.AdamW and opt.defaults["lr"] == 0.2
 
 
 def test_registered_entry_points_win(monkeypatch):

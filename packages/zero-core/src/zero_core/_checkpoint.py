@@ -210,6 +210,13 @@ def save_checkpoint(
         "rng": _rng_state(),
         "sampler": engine.data_position(),
         "scaler": engine.optimizer.scaler.state_dict() if engine.optimizer.scaler else None,
+        # an optimizer that communicates itself keeps per-rank state beyond its params'
+        # (1-bit Adam's error feedback): saved whole, restored at the same world size
+        "inner": (
+            engine.optimizer.inner.state_dict()
+            if getattr(engine.optimizer.inner, "communicates_gradients", False)
+            else None
+        ),
     }
     _write_atomic(per_rank, os.path.join(partial, _rank_file(rank)))
     if rank == 0:
@@ -410,6 +417,8 @@ def load_checkpoint(
         setattr(engine, key, value)
     if meta["world_size"] == _dist.world_size():
         mine_file = saved.rank(_dist.rank())
+        if with_state and mine_file.get("inner") is not None:
+            engine.optimizer.inner.load_state_dict(mine_file["inner"])
         _set_rng_state(mine_file["rng"])
         engine.set_data_position(mine_file["sampler"])
         if engine.optimizer.scaler is not None and mine_file["scaler"] is not None:

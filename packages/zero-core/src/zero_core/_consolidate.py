@@ -128,7 +128,7 @@ def write_safetensors(
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for _, tensor in iter_fp32_state_dict(path):
-                raw = tensor.contiguous().view(torch.uint8)
+                raw = tensor.contiguous().reshape(-1).view(torch.uint8)
                 f.write(ctypes.string_at(raw.data_ptr(), raw.numel()) if raw.numel() else b"")
             f.flush()
             os.fsync(f.fileno())

@@ -79,8 +79,7 @@ class ZeroOptimizer:
                 source = s.local if s.local is not None else s.my_part(s.param.detach().reshape(-1))
                 master = torch.nn.Parameter(source.to(torch.float32, copy=True))
                 s.master = master
-                s.grad = torch.zeros_like(master)
-                master.grad = s.grad
+                s.grad = None  # allocated by the reducer when a gradient arrives
                 masters.append(master)
             group["params"] = masters
             self.masters.extend(masters)
@@ -100,11 +99,12 @@ class ZeroOptimizer:
         return self.scaler.cur_scale if self.scaler is not None else 1.0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear this rank's gradient partition (and any full gradients)."""
+        """Free this rank's gradient partition (and any full gradients): between steps
+        there is no gradient memory at all; the reducer allocates it again."""
         for s in self.shards:
-            if s.grad is not None:
-                s.grad.zero_()
-                s.master.grad = s.grad
+            s.grad = None
+            if s.master is not None:
+                s.master.grad = None
             s.param.grad = None
             s.had_grad = False
 
@@ -112,29 +112,29 @@ class ZeroOptimizer:
     def _local_grads(self) -> list[torch.Tensor]:
         if self.direct:
             return [s.param.grad for s in self.shards if s.param.grad is not None]
-        return [s.grad for s in self.shards]
+        return [s.grad for s in self.shards if s.grad is not None]
 
     def step(self) -> bool:
         """One optimizer step on complete, averaged gradients. Returns False when skipped
         (fp16 overflow)."""
-        grads = self._local_grads()
-        finite = torch.tensor([0.0 if all(bool(torch.isfinite(g).all()) for g in grads) else 1.0])
-        _dist.all_reduce_max(finite)
-        overflow = bool(finite.item())
+        # One pass over the gradients gives the global norm and the overflow check: an inf
+        # or NaN anywhere makes the all-reduced sum of squares non-finite on every rank.
+        sq = self._global_sq_norm()
+        overflow = not math.isfinite(sq)
         self.last_overflow = overflow
         if overflow and self.scaler is not None:
             self.scaler.update(True)
             self.zero_grad()
             return False
         inv_scale = 1.0 / self.loss_scale
-        norm = self._global_norm(grads) * inv_scale
+        norm = math.sqrt(sq) * inv_scale if not overflow else sq
         self.last_grad_norm = norm
         coef = inv_scale
         if self.clip > 0 and norm > self.clip:
             coef *= self.clip / (norm + 1e-6)
-        if coef != 1.0:
-            for g in grads:
-                g.mul_(coef)
+        grads = self._local_grads()
+        if coef != 1.0 and grads:
+            torch._foreach_mul_(grads, coef)
         unused = self._no_grad_anywhere()
         if unused and not self.ignore_unused:
             raise RuntimeError(
@@ -142,6 +142,9 @@ class ZeroOptimizer:
                 f"step and zero_optimization.ignore_unused_parameters is false; set it to "
                 f"true to skip them (as torch's optimizers skip grad=None)"
             )
+        if not self.direct:
+            for s in self.shards:
+                s.master.grad = s.grad
         for s in unused:  # skipped by the optimizer, as torch does
             if self.direct:
                 s.param.grad = None
@@ -154,18 +157,24 @@ class ZeroOptimizer:
         self.zero_grad()
         return True
 
-    def _global_norm(self, grads: list[torch.Tensor]) -> float:
-        """The norm of the whole model's gradient. Each rank adds its shards' squares, each
-        weighted by 1/(ranks holding that same shard): a whole parameter replicated over its
-        group of n ranks counts 1/n on each, a shard held by one rank counts fully."""
-        sq = torch.zeros(1, dtype=torch.float64)
+    def _global_sq_norm(self) -> float:
+        """Sum of squares of the whole model's gradient, over all ranks (inf/NaN on
+        overflow). Each rank adds its shards' squares, each weighted by 1/(ranks holding
+        that same shard): a whole parameter replicated over its group of n ranks counts 1/n
+        on each, a shard held by one rank counts fully. ``torch._foreach_norm`` reads each
+        gradient once, with no float64 copy."""
+        by_copies: dict[int, list[torch.Tensor]] = {}
         for s in self.shards:
             g = s.param.grad if self.direct else s.grad
             if g is not None:
                 copies = _dist.world_size(s.group) // s.nshards
-                sq += g.double().pow(2).sum() / copies
+                by_copies.setdefault(copies, []).append(g)
+        sq = torch.zeros(1, dtype=torch.float64)
+        for copies, grads in by_copies.items():
+            norms = torch._foreach_norm(grads, 2.0)
+            sq += torch.stack(norms).double().pow(2).sum() / copies
         _dist.all_reduce(sq)
-        return math.sqrt(float(sq))
+        return float(sq)
 
     def _no_grad_anywhere(self) -> list[ParamShard]:
         """Params whose gradient was missing on every rank that holds them."""

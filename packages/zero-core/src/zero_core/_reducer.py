@@ -99,6 +99,7 @@ class GradReducer:
                 torch.zeros(s.numel, dtype=self.comm_dtype) if g is None else g.reshape(-1)
             )
         staging = bucket.pack(flats, self.comm_dtype)
+        del flats
         if not self.communicate:
             self._complete(bucket, staging)
             return
@@ -128,8 +129,8 @@ class GradReducer:
         if bucket.nshards == 1:
             for i, s in enumerate(bucket.shards):
                 full = result[bucket.offsets[i] : bucket.offsets[i] + s.numel]
-                if s.grad is not None:  # master weights: accumulate into the fp32 gradient
-                    s.grad[: s.numel].add_(full)
+                if s.master is not None:  # master weights: accumulate into the fp32 gradient
+                    _partition(s)[: s.numel].add_(full)
                     s.param.grad = None
                 elif s.param.grad is None:
                     s.param.grad = full.view(s.shape).to(s.param.dtype).clone()
@@ -138,4 +139,11 @@ class GradReducer:
         else:
             for i, s in enumerate(bucket.shards):
                 off = bucket.offsets[i]
-                s.grad.add_(result[off : off + s.shard_numel])
+                _partition(s).add_(result[off : off + s.shard_numel])
+
+
+def _partition(shard: ParamShard) -> torch.Tensor:
+    """The fp32 gradient partition of ``shard``, allocated on first use after a step."""
+    if shard.grad is None:
+        shard.grad = torch.zeros(shard.shard_numel, dtype=torch.float32)
+    return shard.grad

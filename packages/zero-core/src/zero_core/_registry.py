@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
@@ -57,14 +56,9 @@ def _resolve(group: str, type_name: str, torch_classes: dict[str, type]) -> Call
     if key in found:
         return found[key].load()
     package, names = _PROVIDERS[group]
+    if key in ("adam", "adamw") and group == OPTIMIZER_GROUP:
+        return _torch_adam(key)
     if key in torch_classes:
-        if key == "adam" and group == OPTIMIZER_GROUP:
-            warnings.warn(
-                "optimizer type 'Adam' resolved to torch.optim.Adam (L2 weight decay) because "
-                "zero-optim is not installed; DeepSpeed's 'Adam' decouples weight decay by "
-                "default (adam_w_mode). pip install zero-optim for DeepSpeed's semantics.",
-                stacklevel=4,
-            )
         return torch_classes[key]
     if key in {n.lower() for n in names}:
         kind = "optimizer" if group == OPTIMIZER_GROUP else "scheduler"
@@ -89,6 +83,19 @@ def scheduler_factory(type_name: str) -> Callable[..., Any]:
     """What builds the scheduler type ``type_name`` (raises now if there is none)."""
     base = torch.optim.lr_scheduler.LRScheduler
     return _resolve(SCHEDULER_GROUP, type_name, _torch_classes(torch.optim.lr_scheduler, base))
+
+
+def _torch_adam(key: str) -> Callable[..., torch.optim.Optimizer]:
+    """DeepSpeed's "Adam"/"AdamW" on torch's classes (zero-optim absent): ``adam_w_mode``
+    (default true: decoupled weight decay) picks AdamW or Adam, and ``torch_adam`` (asking
+    for torch's implementation) is what happens anyway."""
+
+    def build(params: Iterable[Any], **options: Any) -> torch.optim.Optimizer:
+        options.pop("torch_adam", None)
+        decoupled = options.pop("adam_w_mode", True) or key == "adamw"
+        return (torch.optim.AdamW if decoupled else torch.optim.Adam)(params, **options)
+
+    return build
 
 
 def build_optimizer(

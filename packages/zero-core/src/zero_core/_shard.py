@@ -99,8 +99,11 @@ class Bucket:
     def pack(self, flats: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """Rank-major staging buffer of full flat tensors (one per shard, in order)."""
         staging = torch.empty(self.nshards, self.total, dtype=dtype, device=flats[0].device)
-        for s, off, flat in zip(self.shards, self.offsets, flats):
-            staging[:, off : off + s.shard_numel].copy_(s.split(flat))
+        for i, (s, off) in enumerate(zip(self.shards, self.offsets)):
+            staging[:, off : off + s.shard_numel].copy_(s.split(flats[i]))
+            if self.nshards > 1:  # the full gradient is in the staging buffer now: drop it
+                flats[i] = None  # type: ignore[call-overload]
+                s.param.grad = None
         return staging.view(-1)
 
     def unpack_full(self, staging: torch.Tensor, i: int) -> torch.Tensor:

@@ -96,7 +96,9 @@ class ZeroConfig:
     """Stage 3: most parameter elements gathered on a rank at once."""
     stage3_max_reuse_distance: int = option(1_000_000_000, ge=0, aliases=("max_reuse_distance",))
     """Stage 3: keep a gathered parameter if it is used again within this many elements."""
-    stage3_prefetch_bucket_size: int = option(500_000_000, ge=0, aliases=("prefetch_bucket_size",))
+    # DeepSpeed's code default (5e7); its docs table says 5e8, which would prefetch a whole
+    # model of that size after the first module.
+    stage3_prefetch_bucket_size: int = option(50_000_000, ge=0, aliases=("prefetch_bucket_size",))
     """Stage 3: elements of upcoming parameters prefetched (gathered ahead of use)."""
     stage3_param_persistence_threshold: int = option(
         100_000, ge=0, aliases=("param_persistence_threshold",)
