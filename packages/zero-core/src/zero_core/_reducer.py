@@ -136,6 +136,11 @@ class GradReducer:
                     s.param.grad = full.view(s.shape).to(s.param.dtype).clone()
                 else:
                     s.param.grad.copy_(full.view(s.shape))
+        elif result.dtype == torch.float32 and all(s.grad is None for s in bucket.shards):
+            # first gradient since the step: the reduced block becomes the partition itself
+            for i, s in enumerate(bucket.shards):
+                off = bucket.offsets[i]
+                s.grad = result[off : off + s.shard_numel]
         else:
             for i, s in enumerate(bucket.shards):
                 off = bucket.offsets[i]
