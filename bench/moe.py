@@ -20,13 +20,14 @@ Method
     Capacity factor 1.0, min_capacity 4, tokens dropped on overflow, random token
     selection on (DeepSpeed's defaults). One intra-op thread per rank (``--threads``), so
     the 2-rank rows use the machine's two cores and the 1-rank rows one. Each number is the
-    best of ``--repeats`` timed steps after two warm-up steps (on a shared machine
-    interference only adds time); every step runs forward, ``(out.sum() + l_aux)
-    .backward()`` and clears the gradients.
+    best of ``--repeats`` rounds after a warm-up; each round runs every variant once in a
+    rotated order (on a shared machine interference only adds time, and rotation spreads
+    drift over all variants); every step runs forward, ``(out.sum() + l_aux).backward()``
+    and clears the gradients.
 
 Run
     python bench/moe.py [--tokens 2048] [--hidden 256] [--ffn 1024] [--experts 8]
-                        [--repeats 5] [--threads 1] [--no-2ranks]
+                        [--repeats 7] [--threads 1] [--no-2ranks]
 """
 
 from __future__ import annotations
@@ -49,21 +50,6 @@ from zero_moe import MoE, compute_capacity
 
 def _mlp(hidden: int, ffn: int) -> nn.Module:
     return nn.Sequential(nn.Linear(hidden, ffn), nn.GELU(), nn.Linear(ffn, hidden))
-
-
-def _best(step, repeats: int, sync=None) -> float:
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(repeats):
-        if sync:
-            sync()
-        start = time.perf_counter()
-        step()
-        if sync:
-            sync()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _train_step(module, x, moe: bool):
@@ -102,7 +88,6 @@ def _measure(args, k: int, ep_size: int, sync=None) -> dict:
     x = torch.randn(args.tokens, args.hidden, requires_grad=True)
     moe = MoE(args.hidden, _mlp(args.hidden, args.ffn), num_experts=args.experts,
               ep_size=ep_size, k=k)  # fmt: skip
-    total = _best(_train_step(moe, x, True), args.repeats, sync)
     capacity = compute_capacity(args.tokens, args.experts, 1.0, k, 4)
     experts = moe.deepspeed_moe.experts
     buffer = torch.randn(moe.num_local_experts, capacity * ep_size, args.hidden,
@@ -113,16 +98,37 @@ def _measure(args, k: int, ep_size: int, sync=None) -> dict:
         experts.zero_grad(set_to_none=True)
         buffer.grad = None
 
-    expert_time = _best(experts_step, args.repeats)
-    experts.grouped = False
-    looped = _best(_train_step(moe, x, True), args.repeats, sync)
-    experts.grouped = True
-    row = {"moe": total, "experts": expert_time, "looped": looped}
+    moe_step = _train_step(moe, x, True)
+
+    def looped_step():
+        experts.grouped = False
+        moe_step()
+        experts.grouped = True
+
+    steps = {"moe": moe_step, "experts": experts_step, "looped": looped_step}
     if ep_size == 1:
-        row["naive"] = _best(_train_step(NaiveMoE(moe), x, True), args.repeats)
-        dense = _mlp(args.hidden, k * args.ffn)
-        row["dense"] = _best(_train_step(dense, x, False), args.repeats)
-    return row
+        steps["naive"] = _train_step(NaiveMoE(moe), x, True)
+        steps["dense"] = _train_step(_mlp(args.hidden, k * args.ffn), x, False)
+    return _interleaved(steps, args.repeats, sync)
+
+
+def _interleaved(steps: dict, repeats: int, sync=None) -> dict:
+    """Best time of each step over ``repeats`` rounds; each round runs every step once, in
+    a rotated order, so drift on a shared machine hits them alike."""
+    names = list(steps)
+    for name in names:  # warm-up
+        steps[name]()
+    best = dict.fromkeys(names, float("inf"))
+    for round_ in range(repeats):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            if sync:
+                sync()
+            start = time.perf_counter()
+            steps[name]()
+            if sync:
+                sync()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def _rank(rank: int, store: str, args, out: str) -> None:
@@ -143,7 +149,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--ffn", type=int, default=1024)
     parser.add_argument("--experts", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-2ranks", dest="two_ranks", action="store_false")
     args = parser.parse_args()

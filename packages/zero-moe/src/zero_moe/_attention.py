@@ -15,10 +15,12 @@ the widest member of the bucket), and each bucket is one dense computation:
 
 1. ``index_select`` the bucket's query rows ``[B, R, g*block, D]`` and, per group, its
    ``m`` key and value blocks ``[B, R, m*block, D]``;
-2. without masks or ``rpe``: PyTorch's fused ``scaled_dot_product_attention`` on those,
-   with the layout bias when the union has zeros; with them: explicit scores
-   ``[B, R, g*block, m*block]``, plus the gathered blocks of ``rpe`` and the masks, and a
-   softmax that outputs zeros for a query whose every key is masked (dense: NaN);
+2. when every gathered block is in the layout and there are no masks or ``rpe``:
+   PyTorch's fused ``scaled_dot_product_attention`` on those (with an additive mask it
+   falls back to an unfused path on CPU that was slower than ours); otherwise explicit
+   scores ``[B, R, g*block, m*block]``, plus the -inf bias of layout zeros, the gathered
+   blocks of ``rpe`` and the masks, and a softmax that outputs zeros for a query whose
+   every key is masked (dense: NaN);
 3. ``index_copy`` the groups' outputs back into ``[B, H, L, D]``.
 
 Work and memory are proportional to the padded, grouped number of nonzero blocks, never
@@ -26,8 +28,10 @@ to ``L**2``; a layout with a few dense rows (BigBird's global blocks) puts them 
 own bucket instead of padding every row to their width. Everything is differentiable
 through ordinary torch indexing, matmuls and SDPA.
 
-On CPU this beat PyTorch's FlexAttention with a block mask of the same layout (see the
-package README for the numbers), so it is the implementation.
+Against PyTorch's FlexAttention with a block mask of the same layout (compiled), this was
+faster on CPU for Fixed layouts from 4k tokens and slower for scattered (BigBird) ones;
+it needs no compilation at run time, so it is the implementation (numbers in the package
+README).
 """
 
 from __future__ import annotations
@@ -267,13 +271,9 @@ class SparseSelfAttention(nn.Module):
             q = qf.index_select(1, bucket.groups).view(b, r, g * block, d)
             k = kf.index_select(1, bucket.keys.flatten()).view(b, r, m * block, d)
             v = vf.index_select(1, bucket.keys.flatten()).view(b, r, m * block, d)
-            if not masked and bucket.alive:
-                # The fused kernel, with the layout inside the gathered blocks as a bias.
-                bias = None
-                if not bucket.exact:
-                    bias = bucket.bias.to(dtype)[:, :, None, :, None].expand(r, g, block, m, block)
-                    bias = bias.reshape(r, g * block, m * block)
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+            if not masked and bucket.exact:
+                # Every gathered block is in the layout: PyTorch's fused kernel as is.
+                out = F.scaled_dot_product_attention(q, k, v, scale=scale)
                 outs.append(out.reshape(b, r, g * block * d))
                 groups.append(bucket.groups)
                 continue
@@ -294,7 +294,7 @@ class SparseSelfAttention(nn.Module):
             if am is not None:  # [R, g, m, bq, bk] -> [R, g, bq, m, bk]
                 blocks = am[bucket.qblocks[:, :, None], bucket.cols[:, None, :]]
                 blocked.add_(blocks.permute(0, 1, 3, 2, 4))
-            if masked or not bucket.exact:
+            if masked or not bucket.alive:
                 # A query whose every key is masked outputs zeros (dense softmax: NaN).
                 dead = torch.isneginf(scores.amax(dim=-1, keepdim=True))
                 weights = scores.masked_fill(dead, 0.0).softmax(dim=-1).masked_fill(dead, 0.0)
