@@ -94,6 +94,23 @@ class SparsityConfig:
     def _rng(self) -> random.Random:
         return random.Random(self.seed) if self.seed is not None else random._inst  # type: ignore[attr-defined]
 
+    def _random_blocks(
+        self, layout: Tensor, h: int, count: int, rng: random.Random, causal: bool
+    ) -> None:
+        n = layout.shape[1]
+        if n < count:
+            raise ValueError(f"num_random_blocks={count} must not exceed the {n} blocks in a row")
+        for row in range(n):
+            choices = range(row + 1) if causal else range(n)
+            layout[h, row, rng.sample(choices, min(count, len(choices)))] = 1
+
+    def _global_windows(
+        self, starts: list[int], ends: list[int] | None, n: int
+    ) -> list[tuple[int, int]]:
+        """``(first, last)`` block ranges of global blocks/windows that start inside ``n``."""
+        ends = ends or [i + 1 for i in starts]
+        return [(first, min(last, n)) for first, last in zip(starts, ends) if first < n]
+
     def _sliding_window(self, layout: Tensor, h: int, width: int, causal: bool) -> None:
         n = layout.shape[1]
         if n < width:
@@ -275,14 +292,7 @@ class VariableSparsityConfig(SparsityConfig):
 
     def set_random_layout(self, h: int, layout: Tensor, rng: random.Random) -> Tensor:
         """``num_random_blocks`` distinct random key blocks in every row."""
-        n = layout.shape[1]
-        if n < self.num_random_blocks:
-            raise ValueError(
-                f"num_random_blocks={self.num_random_blocks} must not exceed the {n} blocks "
-                f"in a row"
-            )
-        for row in range(n):
-            layout[h, row, rng.sample(range(n), self.num_random_blocks)] = 1
+        self._random_blocks(layout, h, self.num_random_blocks, rng, causal=False)
         return layout
 
     def set_local_layout(self, h: int, layout: Tensor) -> Tensor:
@@ -303,12 +313,10 @@ class VariableSparsityConfig(SparsityConfig):
 
     def set_global_layout(self, h: int, layout: Tensor) -> Tensor:
         """Global columns (and rows, when horizontal) at the listed indices or windows."""
-        n = layout.shape[1]
-        ends = self.global_block_end_indices or [i + 1 for i in self.global_block_indices]
-        for first, last in zip(self.global_block_indices, ends):
-            if first >= n:
-                continue
-            last = min(last, n)
+        windows = self._global_windows(
+            self.global_block_indices, self.global_block_end_indices, layout.shape[1]
+        )
+        for first, last in windows:
             top = 0 if self.attention == "bidirectional" else first
             layout[h, top:, first:last] = 1
             if self.horizontal_global_attention:
@@ -366,16 +374,8 @@ class BigBirdSparsityConfig(SparsityConfig):
 
     def set_random_layout(self, h: int, layout: Tensor, rng: random.Random) -> Tensor:
         """Random key blocks per row (causal rows sample among blocks up to themselves)."""
-        n = layout.shape[1]
-        if n < self.num_random_blocks:
-            raise ValueError(
-                f"num_random_blocks={self.num_random_blocks} must not exceed the {n} blocks "
-                f"in a row"
-            )
-        for row in range(n):
-            choices = range(n) if self.attention == "bidirectional" else range(row + 1)
-            count = min(self.num_random_blocks, len(choices))
-            layout[h, row, rng.sample(choices, count)] = 1
+        causal = self.attention == "unidirectional"
+        self._random_blocks(layout, h, self.num_random_blocks, rng, causal=causal)
         return layout
 
     def set_sliding_window_layout(self, h: int, layout: Tensor) -> Tensor:
@@ -455,12 +455,12 @@ class BSLongformerSparsityConfig(SparsityConfig):
 
     def set_global_layout(self, h: int, layout: Tensor) -> Tensor:
         """Global blocks attend to, and are attended by, every block."""
-        n = layout.shape[1]
-        ends = self.global_block_end_indices or [i + 1 for i in self.global_block_indices]
-        for first, last in zip(self.global_block_indices, ends):
-            if first < n:
-                layout[h, first : min(last, n), :] = 1
-                layout[h, :, first : min(last, n)] = 1
+        windows = self._global_windows(
+            self.global_block_indices, self.global_block_end_indices, layout.shape[1]
+        )
+        for first, last in windows:
+            layout[h, first:last, :] = 1
+            layout[h, :, first:last] = 1
         return layout
 
     def make_layout(self, seq_len: int) -> Tensor:
