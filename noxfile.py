@@ -34,6 +34,7 @@ PACKAGES: dict[str, str] = {
     "zero-aio": "zero_aio",
     "zero-profiler": "zero_profiler",
     "zero-core": "zero_core",
+    "zero-moe": "zero_moe",
 }
 META = "zerospeed"
 

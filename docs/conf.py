@@ -17,6 +17,7 @@ from sphinx.util import logging
 
 import zero_aio
 import zero_core
+import zero_moe
 import zero_optim
 import zero_profiler
 import zero_sched
@@ -103,6 +104,7 @@ _API_PAGES = {
     "zero_aio": (zero_aio, DOCS / "api" / "zero-aio.md"),
     "zero_profiler": (zero_profiler, DOCS / "api" / "zero-profiler.md"),
     "zero_core": (zero_core, DOCS / "api" / "zero-core.md"),
+    "zero_moe": (zero_moe, DOCS / "api" / "zero-moe.md"),
     "zerospeed": (zerospeed, DOCS / "api" / "zerospeed.md"),
 }
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import zero_aio
 import zero_core
+import zero_moe
 import zero_optim
 import zero_profiler
 import zero_sched
@@ -46,6 +47,7 @@ def test_profiler_core_and_initialize():
     assert zerospeed.profiler is zero_profiler and profiler_alias is zero_profiler
     assert zerospeed.core is zero_core and core_alias is zero_core
     assert zerospeed.initialize is zero_core.initialize
+    assert zerospeed.moe is zero_moe
 
 
 def test_report_lists_every_package(capsys):

@@ -3,15 +3,16 @@
 This meta-package holds no logic of its own. It re-exports each installed sibling under one
 roof (``zerospeed.sched`` *is* ``zero_sched``, ``zerospeed.optim`` is ``zero_optim``,
 ``zerospeed.aio`` is ``zero_aio``, ``zerospeed.profiler`` is ``zero_profiler``,
-``zerospeed.core`` is ``zero_core``), exposes ``zerospeed.initialize`` (zero-core's, with
-zero-optim's optimizers and zero-sched's schedules found through their entry points) and
-provides the ``zerospeed`` command line.
+``zerospeed.core`` is ``zero_core``, ``zerospeed.moe`` is ``zero_moe``), exposes
+``zerospeed.initialize`` (zero-core's, with zero-optim's optimizers and zero-sched's
+schedules found through their entry points) and provides the ``zerospeed`` command line.
 """
 
 import sys
 
 import zero_aio as aio
 import zero_core as core
+import zero_moe as moe
 import zero_optim as optim
 import zero_profiler as profiler
 import zero_sched as sched
@@ -24,7 +25,8 @@ sys.modules[f"{__name__}.optim"] = optim
 sys.modules[f"{__name__}.aio"] = aio
 sys.modules[f"{__name__}.profiler"] = profiler
 sys.modules[f"{__name__}.core"] = core
+sys.modules[f"{__name__}.moe"] = moe
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "aio", "core", "initialize", "optim", "profiler", "sched"]
+__all__ = ["__version__", "aio", "core", "initialize", "moe", "optim", "profiler", "sched"]

@@ -36,12 +36,15 @@ def expert_for(rank: int) -> nn.Linear:
 
 
 def mark(expert: nn.Module, group, ranks: list[int]) -> None:
-    """What zero-moe does to expert parameters (its documented contract)."""
+    """What zero-moe does to expert parameters (its documented contract): the marks, and the
+    1/ep_size scaling of their gradients in backward."""
+    ep_size = 2 // len(ranks)
     for p in expert.parameters():
         p.allreduce = False
-        p.group_name = f"ep_size_{2 // len(ranks)}"
+        p.group_name = f"ep_size_{ep_size}"
         p.zs_dp_group = group
         p.zs_dp_group_ranks = ranks
+        p.register_hook(lambda g: g / ep_size)
 
 
 def cfg(stage: int, clip: float) -> dict:

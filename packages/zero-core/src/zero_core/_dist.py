@@ -75,13 +75,27 @@ def init_distributed(
     return True
 
 
+class _Solo:
+    """The group of this rank alone (an expert held by one rank): collectives are no-ops."""
+
+    def __repr__(self) -> str:
+        return "SOLO"
+
+
+SOLO = _Solo()
+
+
 def world_size(group: Any = None) -> int:
     """Ranks in ``group`` (default: the whole world; 1 without a process group)."""
+    if group is SOLO:
+        return 1
     return dist.get_world_size(group) if dist.is_initialized() else 1
 
 
 def rank(group: Any = None) -> int:
     """This rank's index in ``group`` (default: the whole world)."""
+    if group is SOLO:
+        return 0
     return dist.get_rank(group) if dist.is_initialized() else 0
 
 

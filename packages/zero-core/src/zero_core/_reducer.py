@@ -121,7 +121,9 @@ class GradReducer:
             self._complete(bucket, result)
 
     def _complete(self, bucket: Bucket, result: torch.Tensor) -> None:
-        scale = (self.predivide if self.prescale else 1.0) / self.world
+        # averaged over the bucket's group: the world, or an expert's data-parallel group
+        # (zero-moe scales expert gradients by 1/ep_size in backward; see [Note: expert params])
+        scale = (self.predivide if self.prescale else 1.0) / _dist.world_size(bucket.group)
         if not self.communicate:
             scale = 1.0
         if scale != 1.0:

@@ -12,9 +12,11 @@ weight). Stage 0 uses ``n = 1`` (nothing split); stages 1-3 use the world size.
 [Note: expert params]
 A parameter marked ``allreduce = False`` with a ``zs_dp_group`` (zero-moe's experts; the
 attribute contract is documented in zero-moe) belongs to one expert replicated only across
-that expert-data-parallel group: it is sharded across that group, its gradient is summed
-over that group, and, like every gradient, divided by the world size, so the result is the
-gradient of the mean of all ranks' losses.
+that expert-data-parallel group: it is sharded across that group and its gradient is
+averaged over that group. An expert's local gradient already sums the losses of every rank
+of its expert-parallel group (their tokens came to it by all-to-all), and zero-moe's layer
+scales it by 1/ep_size in backward, so this average is the gradient of the mean of all
+ranks' losses, as a dense parameter's average over the world is.
 
 Collectives move a *bucket* of parameters at once through a staging buffer laid out
 rank-major: block ``r`` holds shard ``r`` of every parameter in the bucket, so one

@@ -58,7 +58,11 @@ def is_available(param: torch.Tensor) -> bool:
 def expert_group(param: nn.Parameter) -> Any:
     """The process group an expert parameter is replicated over (None: a dense parameter,
     replicated over the world). See [Note: expert params]."""
-    return None if getattr(param, "allreduce", True) else getattr(param, "zs_dp_group", None)
+    if getattr(param, "allreduce", True):
+        return None
+    group = getattr(param, "zs_dp_group", None)
+    # zero-moe leaves zs_dp_group None when the expert lives on this rank alone
+    return _dist.SOLO if group is None else group
 
 
 def group_source(group: Any, param: nn.Parameter | None = None) -> int:
@@ -165,7 +169,9 @@ def release(params: Iterable[nn.Parameter]) -> None:
 def register_external_parameter(module: nn.Module, param: nn.Parameter) -> None:
     """Declare that ``module``'s forward uses ``param``, which belongs to another module
     (e.g. a tied embedding used functionally by a parent): it is then gathered whenever
-    ``module`` runs. DeepSpeed's function of the same name."""
+    ``module`` runs. DeepSpeed's function of the same name. It appends to the documented
+    attribute ``module.zs_external_params`` (a list), which a package that cannot import
+    zero-core (zero-moe's gate) may also set itself."""
     extra = module.__dict__.setdefault(_EXTERNAL, [])
     if not any(p is param for p in extra):
         extra.append(param)
@@ -274,15 +280,22 @@ class Stage3Runtime:
         release(self.all_params())
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+def _tensors(obj: Any, depth: int = 0) -> Iterator[torch.Tensor]:
+    """Every tensor in a module's output: nested lists, tuples, dicts, and the fields of
+    dataclasses or plain objects (a gate returning a routing record)."""
+    if depth > 4:
+        return
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, (list, tuple)):
         for o in obj:
-            yield from _tensors(o)
+            yield from _tensors(o, depth + 1)
     elif isinstance(obj, dict):
         for o in obj.values():
-            yield from _tensors(o)
+            yield from _tensors(o, depth + 1)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (nn.Module, type)):
+        for o in vars(obj).values():
+            yield from _tensors(o, depth + 1)
 
 
 @contextlib.contextmanager

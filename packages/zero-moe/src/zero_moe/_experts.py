@@ -72,6 +72,10 @@ class Experts(nn.Module):
         self.num_local_experts = num_local_experts
         self.grad_scale = grad_scale
         self.grouped = grouped
+        # forward() reads the experts' parameters directly (to stack them): declared so an
+        # engine that gathers partitioned params per module (zero-core stage 3) gathers
+        # them when this module runs
+        self.zs_external_params = list(self.deepspeed_experts.parameters())
 
     def _params(self, i: int) -> dict[str, Tensor]:
         params = dict(self.deepspeed_experts[i].named_parameters())

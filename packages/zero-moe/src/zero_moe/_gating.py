@@ -155,6 +155,9 @@ class TopKGate(nn.Module):
                 f"{NOISY_GATE_POLICIES[1:]} or None"
             )
         self.wg = nn.Linear(model_dim, num_experts, bias=False, dtype=torch.float32)
+        # forward() reads wg.weight directly, not through wg's forward: declared so an engine
+        # that gathers partitioned params per module (zero-core stage 3) gathers it here too
+        self.zs_external_params = [self.wg.weight]
         self.num_experts = num_experts
         self.k = k
         self.capacity_factor = capacity_factor
