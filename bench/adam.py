@@ -58,7 +58,6 @@ Run
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import os
 import platform
@@ -66,12 +65,16 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from _machine import cpu_model  # bench/ is on sys.path when a script runs
+from _machine import (  # bench/ is on sys.path when a script runs
+    cpu_model,
+    load_average,
+    stdout_to_stderr,
+)
 from zero_optim._adam import CPUAdam
 from zero_optim._native import cpu_features
 
@@ -110,14 +113,6 @@ def parse_size(text: str) -> int:
     return value
 
 
-def load_average() -> str:
-    try:
-        with open("/proc/loadavg", encoding="utf-8") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def free() -> None:
     gc.collect()
 
@@ -131,21 +126,6 @@ def time_calls(fn: Callable[[], object], repeats: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send fd 1 to fd 2 (DeepSpeed's logging and its ninja/g++ build output included)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def load_deepspeed() -> tuple[type | None, str]:

@@ -73,7 +73,6 @@ Run
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import json
 import os
@@ -86,13 +85,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from _machine import cpu_model  # bench/ is on sys.path when a script runs
+from _machine import (  # bench/ is on sys.path when a script runs
+    cpu_model,
+    load_average,
+    stdout_to_stderr,
+)
 
 SEED = 0
 ZERO = "zero-aio"
@@ -117,29 +120,6 @@ def size_name(n: int) -> str:
         if n % scale == 0:
             return f"{n // scale} {suffix}"
     return f"{n} B"
-
-
-def load_average() -> str:
-    try:
-        with open("/proc/loadavg", encoding="utf-8") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-@contextlib.contextmanager
-def stdout_to_stderr() -> Iterator[None]:
-    """Send fd 1 to fd 2 (DeepSpeed's logging and its ninja/g++ build output included)."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
 
 
 def fsync_path(path: str) -> None:

@@ -538,14 +538,6 @@ def deepspeed_version(python: str) -> tuple[str | None, str]:
     return ds, f"deepspeed {ds} (torch {torch_version}) via {python}"
 
 
-def load_average() -> str:
-    try:
-        with open("/proc/loadavg", encoding="utf-8") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def mib(kib_or_bytes: float | None, *, kib: bool = False) -> str:
     if kib_or_bytes is None:
         return "n/a"
@@ -696,6 +688,8 @@ def main() -> None:
     print(f"- command: `{shlex.join([sys.executable, *sys.argv])}`")
     print(f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.system()}")
     print(f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); 1 torch thread per rank")
+    from _machine import load_average  # bench/ is on sys.path when a script runs
+
     print(f"- load average (1/5/15 min) at start: {load_average()} (a shared VM: noisy)")
     print(f"- zero_core: {zero_core_origin()}")
     print(f"- DeepSpeed: {ds_note}")
