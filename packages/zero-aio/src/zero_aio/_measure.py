@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._format import _fsync_path
 from ._handle import aio_handle
 
 __all__ = ["HandleConfig", "Measurement", "direct_io_supported", "measure", "parse_size"]
@@ -98,14 +99,6 @@ def direct_io_supported(directory: str) -> bool:
     return True
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def new_buffer(nbytes: int) -> torch.Tensor:
     """A page-aligned, page-locked byte buffer filled with a non-trivial pattern."""
     buf = aio_handle(backend="threads").new_cpu_locked_tensor(
@@ -118,7 +111,7 @@ def new_buffer(nbytes: int) -> torch.Tensor:
 def prepare_file(path: str, buffer: torch.Tensor) -> None:
     """Write the file once (untimed) so measurements overwrite allocated blocks."""
     aio_handle(backend="threads", intra_op_parallelism=2).sync_pwrite(buffer, path)
-    _fsync(path)
+    _fsync_path(path, os.O_RDONLY)
 
 
 def measure(
@@ -136,6 +129,6 @@ def measure(
             handle.sync_pread(buffer, path)
         else:
             handle.sync_pwrite(buffer, path)
-            _fsync(path)
+            _fsync_path(path, os.O_RDONLY)
         seconds.append(time.perf_counter() - start)
     return Measurement(config, op, buffer.numel(), seconds)
