@@ -13,7 +13,17 @@ from torch import nn
 import zero_sched
 from train_script import CONFIG, STEPS, batch, make_model
 
-SCRIPT = Path(__file__).with_name("train_script.py")
+
+def torchrun_two_ranks(script: str, out: Path) -> None:
+    """Run ``tests/<script> OUT`` on 2 local ranks through torchrun, as users launch."""
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(Path(__file__).with_name(script)), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def reference() -> tuple[list[float], list[float], dict]:
@@ -43,14 +53,7 @@ def reference() -> tuple[list[float], list[float], dict]:
 
 def test_torchrun_two_ranks_stage3_bf16_with_registry_types(tmp_path):
     out = tmp_path / "result.pt"
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(SCRIPT), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
+    torchrun_two_ranks("train_script.py", out)
     got = torch.load(out)
     assert got["world"] == 2
     assert got["optimizer"] == "zero_optim._adam.CPUAdam"  # zero-optim's AdamW, via entry point
@@ -69,14 +72,7 @@ def test_onebit_adam_through_the_engine(tmp_path):
     """OneBitAdam (zero-optim) communicates itself: the engine hands it local gradients,
     every rank ends with the same weights, and ZeRO stages it cannot do are refused."""
     out = tmp_path / "onebit"
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(Path(__file__).with_name("onebit_script.py")), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
+    torchrun_two_ranks("onebit_script.py", out)
     r0, r1 = (torch.load(f"{out}.{r}") for r in (0, 1))
     assert r0["optimizer"] == "OnebitAdam"
     for key, value in r0["weights"].items():
@@ -94,14 +90,7 @@ def test_moe_expert_parallel_with_zero_stages_2_and_3(tmp_path):
     from moe_script import STEPS, MoENet, batch
 
     out = tmp_path / "moe"
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(Path(__file__).with_name("moe_script.py")), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-4000:]
+    torchrun_two_ranks("moe_script.py", out)
     torch.manual_seed(0)
     ref = MoENet(ep_size=1)
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1)

@@ -39,7 +39,7 @@ import torch
 
 from . import _dist
 from ._shard import ParamShard
-from ._stage3 import gather, is_partitioned, release
+from ._stage3 import full_copy, is_partitioned
 
 __all__ = ["load_checkpoint", "save_checkpoint", "validate_tag"]
 
@@ -165,16 +165,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def _outside_optimizer(engine: Any) -> dict[str, torch.Tensor]:
     """Full values of parameters the optimizer does not own, and of buffers (rank 0 saves)."""
     owned = {id(s.param) for s in _all_shards(engine)}
-    out = {}
-    for name, p in engine.module.named_parameters():
-        if id(p) in owned:
-            continue
-        if is_partitioned(p):
-            gather([p])
-            out[name] = p.data.detach().clone()
-            release([p])
-        else:
-            out[name] = p.detach().clone()
+    out = {name: full_copy(p) for name, p in engine.module.named_parameters() if id(p) not in owned}
     for name, b in engine.module.named_buffers():
         out[name] = b.detach().clone()
     return out

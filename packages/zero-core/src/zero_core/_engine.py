@@ -29,11 +29,11 @@ from ._shard import ParamShard
 from ._stage3 import (
     Stage3Runtime,
     expert_group,
+    full_copy,
     gather,
     group_source,
     is_partitioned,
     partition_param,
-    release,
 )
 
 __all__ = ["ZeroEngine"]
@@ -449,14 +449,10 @@ class ZeroEngine(nn.Module):
     def full_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """The whole model's weights on every rank (stage 3 params gathered, one at a time),
         as CPU tensors in ``dtype`` (default: the training dtype)."""
-        out = {}
-        for name, p in self.module.named_parameters(remove_duplicate=False):
-            if is_partitioned(p):
-                gather([p])
-                out[name] = p.data.detach().to("cpu", dtype or p.dtype).clone()
-                release([p])
-            else:
-                out[name] = p.detach().to("cpu", dtype or p.dtype).clone()
+        out = {
+            name: full_copy(p, dtype)
+            for name, p in self.module.named_parameters(remove_duplicate=False)
+        }
         for name, b in self.module.named_buffers():
             out[name] = b.detach().to("cpu").clone()
         return out

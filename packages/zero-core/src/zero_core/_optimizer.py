@@ -56,8 +56,6 @@ class ZeroOptimizer:
         self.scaler = scaler
         self.ignore_unused = ignore_unused
         self.shards = [s for g in groups for s in g]
-        self.world = _dist.world_size()
-        self.sharded = bool(self.shards) and self.shards[0].nshards > 1
         self.masters: list[torch.nn.Parameter] = []
         if not direct:
             self._build_masters()

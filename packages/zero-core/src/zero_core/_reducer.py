@@ -47,7 +47,6 @@ class GradReducer:
         self.overlap = overlap
         self.prescale = prescale
         self.predivide = predivide
-        self.world = _dist.world_size()
         #: False for optimizers that communicate themselves (1-bit Adam, ...): gradients stay
         #: this rank's own, only moved into place
         self.communicate = communicate
@@ -92,14 +91,15 @@ class GradReducer:
 
     # -- one bucket ----------------------------------------------------------------------------
     def _launch(self, bucket: Bucket) -> None:
-        flats = []
+        flats: list[torch.Tensor | None] = []
         for s in bucket.shards:
             g = s.param.grad
             flats.append(
                 torch.zeros(s.numel, dtype=self.comm_dtype) if g is None else g.reshape(-1)
             )
+            if bucket.nshards > 1:  # only this rank's shard survives: packing frees the rest
+                s.param.grad = None
         staging = bucket.pack(flats, self.comm_dtype)
-        del flats
         if not self.communicate:
             self._complete(bucket, staging)
             return
@@ -109,8 +109,6 @@ class GradReducer:
             work = _dist.all_reduce(staging, async_op=self.overlap, group=bucket.group)
             result = staging
         else:
-            for s in bucket.shards:  # the full gradients are not needed any more
-                s.param.grad = None
             result = torch.empty(bucket.total, dtype=self.comm_dtype)
             work = _dist.reduce_scatter_into(
                 result, staging, async_op=self.overlap, group=bucket.group

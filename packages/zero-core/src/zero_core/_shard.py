@@ -65,11 +65,6 @@ class ParamShard:
         self.numel = self.shape.numel()
         self.shard_numel = -(-self.numel // self.nshards) if self.numel else 0
 
-    @property
-    def begin(self) -> int:
-        """First element of the full (flat) parameter this rank owns."""
-        return self.rank * self.shard_numel
-
     def split(self, full_flat: torch.Tensor) -> torch.Tensor:
         """``full_flat`` (``numel`` elements) padded and viewed as ``(nshards, shard_numel)``."""
         pad = self.nshards * self.shard_numel - self.numel
@@ -98,14 +93,14 @@ class Bucket:
         self.total = total  # elements per rank block
         self.nshards = shards[0].nshards if shards else 1
 
-    def pack(self, flats: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        """Rank-major staging buffer of full flat tensors (one per shard, in order)."""
+    def pack(self, flats: list[torch.Tensor | None], dtype: torch.dtype) -> torch.Tensor:
+        """Rank-major staging buffer of full flat tensors (one per shard, in order). The
+        list is consumed: each entry is dropped once copied, so a tensor nothing else
+        holds is freed while the next one is copied."""
         staging = torch.empty(self.nshards, self.total, dtype=dtype, device=flats[0].device)
         for i, (s, off) in enumerate(zip(self.shards, self.offsets)):
             staging[:, off : off + s.shard_numel].copy_(s.split(flats[i]))
-            if self.nshards > 1:  # the full gradient is in the staging buffer now: drop it
-                flats[i] = None  # type: ignore[call-overload]
-                s.param.grad = None
+            flats[i] = None
         return staging.view(-1)
 
     def unpack_full(self, staging: torch.Tensor, i: int) -> torch.Tensor:

@@ -166,6 +166,18 @@ def release(params: Iterable[nn.Parameter]) -> None:
             p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
 
+def full_copy(param: nn.Parameter, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A CPU copy of the whole parameter in ``dtype`` (default: its own); a partitioned one
+    is gathered for the copy and released again."""
+    if not is_partitioned(param):
+        return param.detach().to("cpu", dtype or param.dtype).clone()
+    gather([param])
+    try:
+        return param.data.detach().to("cpu", dtype or param.dtype).clone()
+    finally:
+        release([param])
+
+
 def register_external_parameter(module: nn.Module, param: nn.Parameter) -> None:
     """Declare that ``module``'s forward uses ``param``, which belongs to another module
     (e.g. a tied embedding used functionally by a parent): it is then gathered whenever
