@@ -11,6 +11,7 @@ from ._dist import CollectiveError, init_distributed
 from ._engine import ZeroEngine
 from ._initialize import initialize
 from ._loss_scaler import LossScaler
+from ._report import report
 from ._stage3 import GatheredParameters, Init, is_partitioned, register_external_parameter
 from .config import ConfigError, load_config
 
@@ -31,4 +32,5 @@ __all__ = [
     "load_config",
     "load_safetensors",
     "register_external_parameter",
+    "report",
 ]

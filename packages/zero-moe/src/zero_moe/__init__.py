@@ -25,6 +25,7 @@ from ._groups import (
 )
 from ._layer import MoE, MOELayer
 from ._optim import is_moe_param, split_params_into_different_moe_groups_for_optimizer
+from ._report import report
 from ._sparse_config import sparsity_config_from_dict
 from ._sparse_utils import BertSparseSelfAttention, SparseAttentionUtils
 from ._sparsity import (
@@ -65,6 +66,7 @@ __all__ = [
     "get_expert_parallel_group",
     "get_expert_parallel_ranks",
     "is_moe_param",
+    "report",
     "sparsity_config_from_dict",
     "split_params_into_different_moe_groups_for_optimizer",
 ]
