@@ -256,17 +256,12 @@ def test_offload_device_none_or_null_block_is_no_offload(name):
             'remove the block or set its "device" to "none"',
         ),
         (
-            {"stage": 2, "offload_optimizer": {"device": "cpu", "pin_memory": True}},
-            "zero_optimization.offload_optimizer: cpu offload is not implemented yet (issue 10); "
-            'remove the block or set its "device" to "none"',
-        ),
-        (
-            {"stage": 3, "offload_optimizer": {"device": "nvme"}},
-            "zero_optimization.offload_optimizer: nvme offload is not implemented yet (issue 10); "
-            'remove the block or set its "device" to "none"',
+            {"stage": 2, "offload_optimizer": {"device": "cpu", "ratio": 0.3}},
+            "zero_optimization.offload_optimizer.ratio = 0.3: a partial offload (part of the "
+            "step on the device) is not implemented; remove the key or set it to 1",
         ),
     ],
-    ids=["param-cpu", "param-nvme", "param-default-device", "optimizer-cpu", "optimizer-nvme"],
+    ids=["param-cpu", "param-nvme", "param-default-device", "optimizer-ratio"],
 )
 def test_offload_is_not_implemented_yet(block, message):
     assert error(block, NotImplementedError) == message
@@ -297,9 +292,8 @@ def test_offload_at_the_wrong_stage_is_a_config_error(block, message):
 
 
 def test_legacy_cpu_offload_becomes_offload_optimizer():
-    # refused for now, but the message proves the translation
-    assert error({"stage": 2, "cpu_offload": True}, NotImplementedError).startswith(
-        "zero_optimization.offload_optimizer: cpu offload is not implemented yet (issue 10)"
+    assert zero({"stage": 2, "cpu_offload": True}).offload_optimizer == OffloadOptimizerConfig(
+        device="cpu", pin_memory=False
     )
     assert error({"stage": 3, "cpu_offload_param": True}, NotImplementedError).startswith(
         "zero_optimization.offload_param: cpu offload is not implemented yet (issue 10)"

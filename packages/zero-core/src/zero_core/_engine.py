@@ -23,6 +23,7 @@ from torch import nn
 
 from . import _dist
 from ._loss_scaler import LossScaler
+from ._offload import cpu_param_groups, make_optimizer
 from ._optimizer import ZeroOptimizer
 from ._reducer import GradReducer
 from ._shard import ParamShard
@@ -172,7 +173,7 @@ class ZeroEngine(nn.Module):
             )
         zc = self.config.zero_optimization
         direct = self.stage == 0 and self.dtype == torch.float32
-        inner = factory(groups)
+        inner = factory(cpu_param_groups(groups) if zc.offload_optimizer else groups)
         # [Note: optimizers that communicate] 1-bit Adam and friends exchange compressed
         # momentum themselves: the engine must hand them each rank's own gradients.
         self_comm = bool(getattr(inner, "communicates_gradients", False))
@@ -200,7 +201,8 @@ class ZeroEngine(nn.Module):
                 fp16.consecutive_hysteresis,
                 fp16.min_loss_scale,
             )
-        self.optimizer = ZeroOptimizer(
+        self.optimizer = make_optimizer(
+            self.config,
             inner,
             self.shard_groups,
             direct=direct,

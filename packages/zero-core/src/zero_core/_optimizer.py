@@ -75,13 +75,17 @@ class ZeroOptimizer:
             masters = []
             for s in shards:
                 source = s.local if s.local is not None else s.my_part(s.param.detach().reshape(-1))
-                master = torch.nn.Parameter(source.to(torch.float32, copy=True))
+                master = torch.nn.Parameter(self._new_master(source))
                 s.master = master
                 s.grad = None  # allocated by the reducer when a gradient arrives
                 masters.append(master)
             group["params"] = masters
             self.masters.extend(masters)
         self.inner.state.clear()
+
+    def _new_master(self, source: torch.Tensor) -> torch.Tensor:
+        """An fp32 copy of a shard's weights, where this optimizer keeps its masters."""
+        return source.to(torch.float32, copy=True)
 
     # -- what users and schedulers see ---------------------------------------------------------
     @property
@@ -140,20 +144,25 @@ class ZeroOptimizer:
                 f"step and zero_optimization.ignore_unused_parameters is false; set it to "
                 f"true to skip them (as torch's optimizers skip grad=None)"
             )
-        if not self.direct:
-            for s in self.shards:
-                s.master.grad = s.grad
-        for s in unused:  # skipped by the optimizer, as torch does
-            if self.direct:
-                s.param.grad = None
-            else:
-                s.master.grad = None
-        self.inner.step()
+        new_weights = self._update(set(unused))
         if self.scaler is not None:
             self.scaler.update(False)
-        self._write_back()
+        self._gather_weights(new_weights)
         self.zero_grad()
         return True
+
+    def _update(self, unused: set[ParamShard]) -> dict[ParamShard, torch.Tensor] | None:
+        """Step the inner optimizer on every shard with a gradient (``unused`` are skipped,
+        as torch skips ``grad is None``). Returns the new weights of shards whose masters
+        the caller cannot read back cheaply (None: read the masters)."""
+        for s in self.shards:
+            if self.direct:
+                if s in unused:
+                    s.param.grad = None
+            else:
+                s.master.grad = None if s in unused else s.grad
+        self.inner.step()
+        return None
 
     def _global_sq_norm(self) -> float:
         """Sum of squares of the whole model's gradient, over all ranks (inf/NaN on
@@ -186,22 +195,34 @@ class ZeroOptimizer:
             missing += [s for s, f in zip(shards, flags.tolist()) if not f]
         return missing
 
-    @torch.no_grad()
     def _write_back(self) -> None:
-        """New weights from the masters into the parameters the model computes with."""
+        """New weights from the masters into the parameters the model computes with (after
+        a checkpoint load changed the masters)."""
+        self._gather_weights(None)
+
+    @torch.no_grad()
+    def _gather_weights(self, new: dict[ParamShard, torch.Tensor] | None) -> None:
+        """Copy each shard's new weights (``new[s]``, else its master) into the parameters
+        the model computes with, on their device: this rank's stage-3 shard, or all-gathered
+        into every rank's full parameter."""
         if self.direct:
             return
+
+        def weights(s: ParamShard) -> torch.Tensor:
+            return new[s] if new is not None and s in new else s.master
+
         for s in self.shards:
             if s.local is not None:
-                s.local.copy_(s.master)
+                s.local.copy_(weights(s))
         for bucket in self.gather_buckets:
+            device = bucket.shards[0].param.device
             if bucket.nshards == 1:
                 for s in bucket.shards:
-                    s.param.data.copy_(s.master[: s.numel].view(s.shape))
+                    s.param.data.copy_(weights(s)[: s.numel].view(s.shape))
                 continue
             dtype = bucket.shards[0].param.dtype
-            mine = torch.cat([s.master for s in bucket.shards]).to(dtype)
-            full = torch.empty(bucket.nshards * bucket.total, dtype=dtype)
+            mine = torch.cat([weights(s) for s in bucket.shards]).to(device=device, dtype=dtype)
+            full = torch.empty(bucket.nshards * bucket.total, dtype=dtype, device=device)
             _dist.all_gather_into(full, mine, group=bucket.group)
             for i, s in enumerate(bucket.shards):
                 s.param.data.copy_(bucket.unpack_full(full, i).view(s.shape))

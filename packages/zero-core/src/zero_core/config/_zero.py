@@ -197,16 +197,20 @@ def refuse_zero(zero: ZeroConfig) -> None:
     """Raise for ZeRO settings zero-core does not implement (yet).
 
     Raises:
-        NotImplementedError: offload (issue 10), ZeRO++ (hpZ, quantized weights or
-            gradients), MiCS, elastic checkpoints.
+        NotImplementedError: parameter offload (issue 10), an optimizer offload ``ratio``
+            below 1, ZeRO++ (hpZ, quantized weights or gradients), MiCS, elastic checkpoints.
     """
-    for name in ("offload_param", "offload_optimizer"):
-        block = getattr(zero, name)
-        if block is not None:
-            raise NotImplementedError(
-                f"zero_optimization.{name}: {block.device} offload is not implemented yet "
-                f'(issue 10); remove the block or set its "device" to "none"'
-            )
+    if zero.offload_param is not None:
+        raise NotImplementedError(
+            f"zero_optimization.offload_param: {zero.offload_param.device} offload is not "
+            f'implemented yet (issue 10); remove the block or set its "device" to "none"'
+        )
+    ratio = zero.offload_optimizer.ratio if zero.offload_optimizer is not None else 1.0
+    if ratio != 1.0:
+        raise NotImplementedError(
+            f"zero_optimization.offload_optimizer.ratio = {ratio}: a partial offload (part "
+            f"of the step on the device) is not implemented; remove the key or set it to 1"
+        )
     refused = (
         ("elastic_checkpoint", zero.elastic_checkpoint, "elastic checkpoints"),
         ("zero_hpz_partition_size", zero.zero_hpz_partition_size > 1, "ZeRO++ hpZ partitioning"),

@@ -1,0 +1,256 @@
+"""``zero_optimization.offload_optimizer``: the optimizer step on the CPU, its state in CPU
+memory or on NVMe.
+
+[Note: optimizer offload]
+With ``device = "cpu"`` the fp32 master shards and the optimizer state live in CPU memory
+(page-locked with ``pin_memory`` when there is a CUDA device to copy from), the inner
+optimizer is built over CPU tensors, so a config's ``"Adam"`` resolves to zero-optim's
+CPUAdam as in DeepSpeed, and the step runs sub-group by sub-group (``sub_group_size``
+elements of this rank's shards at a time): the sub-group's gradient partitions are copied
+to the CPU, the inner optimizer steps those masters only (the others have no ``.grad``, so
+it skips them), and the new weights go back to the device in the compute dtype. A step per
+sub-group is the same arithmetic as one step over all: the optimizers are elementwise and
+count steps per parameter.
+
+With ``device = "nvme"`` (stage 3) each sub-group's masters and state tensors form one
+record in swap files (see ``zero_core._swap``); a step swaps a record into a pinned
+buffer, updates it there and swaps it out. Between steps the masters and the state tensors
+seen through ``inner.state`` are memory-mapped views of the files, so code that reads them
+(a checkpoint save) works unchanged and pages them in on demand; after anything writes to
+them (a checkpoint load), ``_write_back`` writes them to the files. State that is not a
+tensor of the master's shape (Adam's ``step``) stays in memory.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import fields
+from typing import Any
+
+import torch
+
+from . import _aio, _dist
+from ._optimizer import ZeroOptimizer
+from ._shard import ParamShard
+from ._swap import SwapFiles, make_run_dir
+from .config._sections import AioSection
+
+__all__ = ["cpu_param_groups", "make_optimizer", "split_sub_groups"]
+
+
+def split_sub_groups(shards: list[ParamShard], sub_group_size: int) -> list[list[ParamShard]]:
+    """Consecutive shards, at most ``sub_group_size`` shard elements per group (a larger
+    shard is a group of its own)."""
+    out: list[list[ParamShard]] = []
+    size = 0
+    for s in shards:
+        if not out or size + s.shard_numel > sub_group_size:
+            out.append([])
+            size = 0
+        out[-1].append(s)
+        size += s.shard_numel
+    return out
+
+
+def cpu_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``groups`` with every param replaced by an empty CPU stand-in: what the optimizer
+    factory gets under offload, so the registry picks a type's CPU implementation (the
+    engine then points the groups at the CPU masters)."""
+    return [{**g, "params": [torch.empty(0) for _ in g["params"]]} for g in groups]
+
+
+def make_optimizer(
+    config: Any, inner: torch.optim.Optimizer, groups: list[list[ParamShard]], **options: Any
+) -> ZeroOptimizer:
+    """The partitioned optimizer ``config`` asks for: offloaded or not.
+
+    Raises:
+        ValueError: an optimizer that communicates itself under offload; an ``nvme_path``
+            that is missing or not writable.
+        ImportError: NVMe offload without zero-aio installed.
+    """
+    zc = config.zero_optimization
+    offload = zc.offload_optimizer
+    if offload is None:
+        return ZeroOptimizer(inner, groups, **options)
+    if getattr(inner, "communicates_gradients", False):
+        raise ValueError(
+            f"{type(inner).__name__} communicates its own gradients, which optimizer offload "
+            f"does not support; remove zero_optimization.offload_optimizer"
+        )
+    common = dict(sub_group_size=int(zc.sub_group_size), pin_memory=offload.pin_memory)
+    if offload.device == "cpu":
+        return CpuOffloadOptimizer(inner, groups, **common, **options)
+    handle = _aio.aio("aio_handle")  # before anything is created: fails without zero-aio
+    new_handle = functools.partial(handle, **_handle_options(config.sections.get("aio")))
+    swap = SwapFiles(
+        make_run_dir(str(offload.nvme_path), _dist.rank()),
+        new_handle,
+        offload.buffer_count,
+        offload.pipeline_read,
+        offload.pipeline_write,
+    )
+    return NvmeOffloadOptimizer(inner, groups, swap=swap, **common, **options)
+
+
+def _handle_options(section: dict[str, Any] | None) -> dict[str, Any]:
+    """``aio_handle`` arguments: the ``"aio"`` block over DeepSpeed's defaults for it."""
+    defaults = AioSection()
+    out = {f.name: getattr(defaults, f.name) for f in fields(AioSection)}
+    out.update(section or {})
+    if out.get("backend") is None:
+        out.pop("backend", None)
+    return out
+
+
+class CpuOffloadOptimizer(ZeroOptimizer):
+    """Masters and state in CPU memory; the step on the CPU, by sub-group."""
+
+    def __init__(
+        self,
+        inner: torch.optim.Optimizer,
+        groups: list[list[ParamShard]],
+        *,
+        sub_group_size: int,
+        pin_memory: bool,
+        **options: Any,
+    ) -> None:
+        self.pin = pin_memory and torch.cuda.is_available()
+        super().__init__(inner, groups, **options)
+        self.sub_groups = split_sub_groups(self.shards, sub_group_size)
+
+    def _new_master(self, source: torch.Tensor) -> torch.Tensor:
+        master = source.to("cpu", torch.float32, copy=True)
+        return master.pin_memory() if self.pin else master
+
+    def _attach_grads(self, sub: list[ParamShard], unused: set[ParamShard]) -> None:
+        for s in sub:
+            if s not in unused and s.grad is not None:
+                s.master.grad = s.grad.to(s.master.device)
+
+    def _step_sub_group(self, sub: list[ParamShard], unused: set[ParamShard]) -> None:
+        self._attach_grads(sub, unused)
+        try:
+            self.inner.step()
+        finally:
+            for s in sub:
+                s.master.grad = None
+
+    def _update(self, unused: set[ParamShard]) -> dict[ParamShard, torch.Tensor] | None:
+        for sub in self.sub_groups:
+            self._step_sub_group(sub, unused)
+        return None
+
+
+Segment = tuple[ParamShard, str]  # (shard, "master" or a state key)
+
+
+class NvmeOffloadOptimizer(CpuOffloadOptimizer):
+    """Masters and state in swap files on NVMe, swapped in by sub-group for the step."""
+
+    def __init__(self, *args: Any, swap: SwapFiles, **kwargs: Any) -> None:
+        self.swap = swap
+        super().__init__(*args, **kwargs)
+        self.layouts: list[list[Segment]] = []
+        for sub in self.sub_groups:
+            layout = self._layout(sub)
+            self.swap.add(self._pack(layout))
+            self.layouts.append(layout)
+        self._remap()
+
+    # -- records ---------------------------------------------------------------------------
+    def _state_of(self, s: ParamShard) -> dict[str, Any]:
+        return self.inner.state.get(s.master, {})
+
+    def _layout(self, sub: list[ParamShard]) -> list[Segment]:
+        """What a sub-group's record holds: each master, then its state tensors shaped like
+        it (fp32), in key order."""
+        out: list[Segment] = []
+        for s in sub:
+            out.append((s, "master"))
+            for key, value in sorted(self._state_of(s).items()):
+                if (
+                    torch.is_tensor(value)
+                    and value.dtype == torch.float32
+                    and value.shape == s.master.shape
+                ):
+                    out.append((s, key))
+        return out
+
+    def _tensor(self, segment: Segment) -> torch.Tensor:
+        s, key = segment
+        return s.master.detach() if key == "master" else self.inner.state[s.master][key]
+
+    def _pack(self, layout: list[Segment]) -> torch.Tensor:
+        return torch.cat([self._tensor(seg).reshape(-1) for seg in layout])
+
+    def _point_at(self, layout: list[Segment], flat: torch.Tensor) -> None:
+        """Make the masters and state tensors of ``layout`` views of ``flat``."""
+        offset = 0
+        for s, key in layout:
+            view = flat[offset : offset + s.shard_numel]
+            offset += s.shard_numel
+            if key == "master":
+                s.master.data = view
+            else:
+                self.inner.state[s.master][key] = view
+
+    def _remap(self) -> None:
+        for k, layout in enumerate(self.layouts):
+            self._point_at(layout, self.swap.mapped(k))
+
+    # -- the step --------------------------------------------------------------------------
+    def _update(self, unused: set[ParamShard]) -> dict[ParamShard, torch.Tensor]:
+        new_weights: dict[ParamShard, torch.Tensor] = {}
+        new_layouts = list(self.layouts)
+
+        def update(k: int, record: torch.Tensor) -> torch.Tensor | None:
+            sub = self.sub_groups[k]
+            self._point_at(self.layouts[k], record)
+            self._step_sub_group(sub, unused)
+            for s in sub:  # the weights, kept until every rank has committed the step
+                new_weights[s] = s.master.detach().to(s.param.dtype, copy=True)
+            layout = self._layout(sub)
+            if layout == self.layouts[k]:
+                return None
+            new_layouts[k] = layout  # state created this step: a longer record
+            return self._pack(layout)
+
+        self._transaction(update, new_layouts)
+        return new_weights
+
+    def _write_back(self) -> None:
+        """Write the masters and state as they are now (a checkpoint load changed them) to
+        the swap files, then update the model's weights from them."""
+
+        def rewrite(k: int, record: torch.Tensor) -> torch.Tensor:
+            new_layouts[k] = self._layout(self.sub_groups[k])
+            return self._pack(new_layouts[k])
+
+        new_layouts = list(self.layouts)
+        self._transaction(rewrite, new_layouts)
+        super()._write_back()
+
+    def _transaction(self, update: Any, new_layouts: list[list[Segment]]) -> None:
+        """Run a swap step; on success adopt the new layouts, on failure put back the state
+        the optimizer had (its records are still in the current files) and drop the
+        gradients. Either way, leave the masters and state mapped from the files."""
+        in_files = {(id(s), key) for layout in self.layouts for s, key in layout}
+        kept = {
+            s: {
+                k: (v.clone() if torch.is_tensor(v) else v)
+                for k, v in self._state_of(s).items()
+                if (id(s), k) not in in_files
+            }
+            for s in self.shards
+        }
+        try:
+            self.swap.step(update)
+        except BaseException:
+            for s, state in kept.items():
+                self.inner.state[s.master] = state
+            self._remap()
+            self.zero_grad()
+            raise
+        self.layouts = new_layouts
+        self._remap()
