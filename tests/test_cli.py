@@ -20,6 +20,7 @@ import zero_aio
 import zero_core
 import zero_moe
 import zerospeed
+from zero_core import _report as core_report
 from zerospeed import _cli
 from zerospeed import _report as meta_report
 from zerospeed._launch import LaunchError, parse_host_filter, parse_hostfile, translate
@@ -456,7 +457,14 @@ def test_integrations_follow_what_is_installed(monkeypatch):
         return real(name)
 
     monkeypatch.setattr(importlib.metadata, "version", without_aio)
-    assert zero_core.report()["with zero-aio"].startswith("not installed (pip install zero-aio)")
+    assert zero_core.report()["with zero-aio"].startswith("not installed (pip install zero-aio);")
+    assert zero_core.report()["with zero-profiler"].startswith("installed ")
+    # an old zero-profiler: installed, but without the entry points zero-core looks in
+    monkeypatch.setattr(core_report, "entry_points", lambda group: [])
+    assert zero_core.report()["with zero-profiler"].endswith(
+        "registers no 'zerospeed.profiler' entry points for zero-core to find; upgrade it: "
+        "pip install -U zero-profiler"
+    )
 
 
 def test_moe_section_lists_modes_the_config_parser_accepts():

@@ -11,12 +11,12 @@ distribution metadata, never imported (zero-core runs with torch alone).
 from __future__ import annotations
 
 import importlib.metadata
+from importlib.metadata import entry_points
 
 import torch
 import torch.distributed as dist
 
 from ._registry import _PROVIDERS, OPTIMIZER_GROUP, SCHEDULER_GROUP, registered_types
-from ._support import _ENGINE_SECTIONS
 from .config._sections import SECTIONS
 
 __all__ = ["report"]
@@ -135,24 +135,50 @@ def _installed(dist_name: str) -> str | None:
         return None
 
 
+#: Siblings the engine works with, without importing them: (distribution, entry-point group
+#: zero-core looks them up in or None for an attribute contract, what the engine does with
+#: it, what happens without it).
+_SIBLINGS = (
+    (
+        "zero-moe",
+        None,
+        "expert params (allreduce=False, zs_dp_group) are sharded and averaged over their "
+        "expert-data-parallel group",
+        "only needed to build MoE layers",
+    ),
+    (
+        "zero-aio",
+        "zerospeed.aio",
+        "NVMe offload and checkpoint files (checkpoint.writer 'auto' or 'zero_aio') go "
+        "through its aio_handle and save/load",
+        "offload to NVMe and checkpoint.writer 'zero_aio' stop with this install command; "
+        "checkpoints are written with torch.save",
+    ),
+    (
+        "zero-profiler",
+        "zerospeed.profiler",
+        "the engine runs the config blocks {blocks} and the wall_clock_breakdown timers "
+        "through it when they are enabled",
+        "configs that enable {blocks} or wall_clock_breakdown are refused",
+    ),
+)
+
+
 def _integrations() -> dict[str, str]:
-    """What the engine does with each sibling it works with without importing it."""
-    use = {
-        "zero-moe": "expert params (allreduce=False, zs_dp_group) are sharded and averaged "
-        "over their expert-data-parallel group",
-        "zero-aio": "the 'aio' config block is parsed and checked; the engine does no NVMe "
-        "I/O yet (no ZeRO-Infinity offload, checkpoints use torch.save)",
-    }
-    profiled = [name for name, section in SECTIONS.items() if section.owner == "zero-profiler"]
-    not_run = [name for name in profiled if name in _ENGINE_SECTIONS]
-    what = f"config blocks {', '.join(profiled)} are parsed and checked"
-    if not_run:
-        which = "runs none of them" if not_run == profiled else f"does not run {', '.join(not_run)}"
-        what += f"; the engine {which} yet (enabled: true is refused; call zero_profiler directly)"
-    use["zero-profiler"] = what
+    """Each sibling zero-core works with: installed (and found where zero-core looks for it)
+    or not, and what that means for a training run."""
+    blocks = ", ".join(name for name, s in SECTIONS.items() if s.owner == "zero-profiler")
     out = {}
-    for dist_name, engine_use in use.items():
+    for dist_name, group, used, without in _SIBLINGS:
         version = _installed(dist_name)
-        state = f"installed {version}" if version else f"not installed (pip install {dist_name})"
-        out[f"with {dist_name}"] = f"{state}; {engine_use}"
+        if version is None:
+            state = f"not installed (pip install {dist_name}); {without}"
+        elif group is not None and not entry_points(group=group):
+            state = (
+                f"installed {version} but it registers no {group!r} entry points for zero-core "
+                f"to find; upgrade it: pip install -U {dist_name}"
+            )
+        else:
+            state = f"installed {version}; {used}"
+        out[f"with {dist_name}"] = state.format(blocks=blocks)
     return out
