@@ -23,6 +23,8 @@ from zero_profiler import (
 from zero_profiler._comms_size import bus_factor, message_bytes
 
 F32 = 4  # bytes per element
+#: torch 2.13's single-tensor collectives -> the bytes one call above logs
+RENAMED = {"all_gather_single": 8 * F32, "reduce_scatter_single": 4 * F32}
 
 
 def _scenario(rank: int, out_dir: str) -> dict:
@@ -44,6 +46,10 @@ def _scenario(rank: int, out_dir: str) -> dict:
     dist.all_gather_into_tensor(torch.empty(8), torch.ones(4))
     dist.reduce_scatter(torch.empty(2), [torch.ones(2), torch.ones(2)])
     dist.reduce_scatter_tensor(torch.empty(2), torch.ones(4))
+    for name in RENAMED:  # torch 2.13's names, which its old names call: logged once each
+        if hasattr(dist, name):
+            out = torch.empty(8) if name == "all_gather_single" else torch.empty(2)
+            getattr(dist, name)(out, torch.ones(4))
     dist.broadcast(torch.ones(4), src=0)
     dist.all_to_all([torch.empty(2), torch.empty(2)], [torch.ones(2), torch.ones(2)])
     dist.all_to_all_single(torch.empty(4), torch.ones(4))
@@ -110,6 +116,7 @@ def test_counts_and_sizes_per_op(ranks: list[dict]) -> None:
         "all_to_all_single": {str(4 * F32): 1},
         "barrier": {"0": 1},
     }
+    expected |= {op: {str(size): 1} for op, size in RENAMED.items() if hasattr(dist, op)}
     for rank, r in enumerate(ranks):
         summary = r["summary"]
         p2p = "send" if rank == 0 else "recv"

@@ -12,6 +12,10 @@ Each call is timed between two accelerator synchronizations, and an ``async_op=T
 call is waited on before the clock stops: the logged time is the collective's, not its
 launch's. That makes logged async collectives synchronous, as DeepSpeed documents for its
 logger too; enable the logger for measurement runs, not production ones.
+
+A wrapped collective that calls another wrapped one (torch 2.13's ``all_gather_into_tensor``
+calls ``all_gather_single``) is logged once, under the name the caller used: a wrapper
+called inside another passes straight through.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ __all__ = ["CommsLogger", "CommsLoggerConfig", "comms_logger_from_config"]
 _MODULES = (dist, dist.distributed_c10d)
 _installed: list[CommsLogger] = []  # at most one logger owns the wrappers at a time
 _lock = threading.Lock()
+_inside = threading.local()  # .active: this thread is inside a logged collective
 
 
 @dataclass(kw_only=True, slots=True)
@@ -175,9 +180,15 @@ class CommsLogger:
 
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if getattr(_inside, "active", False):
+                return original(*args, **kwargs)  # logged by the outer wrapper
             self._sync()
             start = time.perf_counter()
-            result = original(*args, **kwargs)
+            _inside.active = True
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                _inside.active = False
             if result is not None and hasattr(result, "wait"):
                 result.wait()  # async_op=True: time the collective, not its launch
             self._sync()

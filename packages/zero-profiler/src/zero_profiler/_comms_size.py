@@ -16,6 +16,9 @@ all_to_all, all_to_all_single                 the whole input           (n-1) / 
 broadcast, reduce, send, recv                 the tensor                1
 barrier                                       0                         (no bandwidth)
 ============================================  ========================  ===============
+
+torch 2.13's ``all_gather_single`` and ``reduce_scatter_single`` are the same collectives
+as ``all_gather_into_tensor`` and ``reduce_scatter_tensor`` under new names.
 """
 
 from __future__ import annotations
@@ -52,6 +55,17 @@ COLLECTIVES: dict[str, tuple[str | None, Callable[[int], float]]] = {
     "recv": ("tensor", lambda n: 1.0),
     "barrier": (None, lambda n: 0.0),
 }
+# torch 2.13's new names (its old names call them), where this torch has them.
+COLLECTIVES.update(
+    {
+        name: rule
+        for name, rule in (
+            ("all_gather_single", ("output_tensor", lambda n: (n - 1) / n)),
+            ("reduce_scatter_single", ("input", lambda n: (n - 1) / n)),
+        )
+        if hasattr(torch.distributed, name)
+    }
+)
 
 
 def bus_factor(op: str, world_size: int) -> float:
