@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -267,12 +268,25 @@ def build(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main job until the engine lands: draw the example OneCycle schedule in the terminal."""
+    """The main job: train a small GPT on 2 CPU processes with ZeRO-3 and bf16 (demo/).
+
+    Trains the first half of the schedule and saves, resumes in new processes and finishes,
+    converts the checkpoint to one fp32 safetensors file and samples text from it with the
+    plain model. Arguments after ``--`` go to demo/train.py (e.g. ``-- --steps 100``).
+    """
     pin = install_torch(session)
     install_local(session, pin, *PACKAGES, META)
-    session.run(
-        "zerospeed", "sched", "plot", str(ROOT / "examples" / "one_cycle.json"), "--steps", "120"
-    )
+    session.install(*pin, "matplotlib")
+    out = ROOT / "demo-out"
+    if out.exists():
+        shutil.rmtree(out)
+    train = ["zerospeed", "launch", "--nproc-per-node", "2", str(ROOT / "demo" / "train.py")]
+    train += ["--out", str(out), *session.posargs]
+    session.run(*train, "--stop-at", "half")
+    session.run(*train, "--resume")
+    weights = str(out / "model.safetensors")
+    session.run("zerospeed", "convert", str(out / "checkpoints"), weights, "--safetensors")
+    session.run("python", str(ROOT / "demo" / "sample.py"), weights)
 
 
 @nox.session
