@@ -251,8 +251,6 @@ def test_missing_model_and_bad_config():
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        ({"flops_profiler": {"enabled": True}}, "flops_profiler.enabled"),
-        ({"activation_checkpointing": {"partition_activations": True}}, "torch.utils.checkpoint"),
         ({"zero_optimization": {"stage3_module_granularity_threshold": 5}}, "granularity"),
         ({"data_types": {"grad_accum_dtype": "bf16"}}, "grad_accum_dtype"),
     ],

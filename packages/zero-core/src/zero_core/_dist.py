@@ -117,8 +117,14 @@ class _Done:
 
 
 # torch 2.13 renamed the single-tensor collectives; older torch (>= 2.4) has the old names.
-_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+# Looked up on ``dist`` at each call, so wrappers installed later (zero-profiler's comms
+# logger) see the calls.
+_ALL_GATHER = (
+    "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
+)
+_REDUCE_SCATTER = (
+    "reduce_scatter_single" if hasattr(dist, "reduce_scatter_single") else "reduce_scatter_tensor"
+)
 
 
 def all_reduce(tensor: torch.Tensor, async_op: bool = False, group: Any = None) -> Any:
@@ -151,7 +157,7 @@ def reduce_scatter_into(
     return _call(
         "reduce_scatter",
         full,
-        lambda: _REDUCE_SCATTER(out, full, group=group, async_op=async_op),
+        lambda: getattr(dist, _REDUCE_SCATTER)(out, full, group=group, async_op=async_op),
     )
 
 
@@ -163,7 +169,9 @@ def all_gather_into(
         full.copy_(local)
         return _Done() if async_op else None
     return _call(
-        "all_gather", local, lambda: _ALL_GATHER(full, local, group=group, async_op=async_op)
+        "all_gather",
+        local,
+        lambda: getattr(dist, _ALL_GATHER)(full, local, group=group, async_op=async_op),
     )
 
 

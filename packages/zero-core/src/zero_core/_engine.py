@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import warnings
 from typing import Any
 
@@ -36,6 +35,7 @@ from ._stage3 import (
     is_partitioned,
     partition_param,
 )
+from ._telemetry import BACKWARD, BACKWARD_ALLREDUCE, FORWARD, STEP, Telemetry
 
 __all__ = ["ZeroEngine"]
 
@@ -80,7 +80,6 @@ class ZeroEngine(nn.Module):
         self.skipped_steps = 0
         self.micro_steps = 0
         self._backward_pending = False
-        self._timers: dict[str, float] = {}
         self.training_dataloader = None
         self._epoch_start_micro = 0
         self._prepare_module()
@@ -91,6 +90,8 @@ class ZeroEngine(nn.Module):
         if optimizer_factory is not None:
             self._build_optimizer(optimizer_factory, groups)
             self._attach_scheduler(lr_scheduler)
+        #: progress line, timers, flops profiler, comms logger, monitors (see _telemetry)
+        self.telemetry = Telemetry(config, model, self.rank)
 
     # -- setup ----------------------------------------------------------------------------------
     def _prepare_module(self) -> None:
@@ -230,7 +231,8 @@ class ZeroEngine(nn.Module):
 
     def _grad_hook(self, shard: ParamShard) -> Any:
         def hook(param: torch.Tensor) -> None:
-            self.reducer.grad_ready(shard)
+            with self.telemetry.timed(BACKWARD_ALLREDUCE):
+                self.reducer.grad_ready(shard)
             if self.stage3 is not None and self.reducer.active:
                 self.stage3.after_grad(param)
 
@@ -245,13 +247,14 @@ class ZeroEngine(nn.Module):
 
     # -- the loop -------------------------------------------------------------------------------
     def forward(self, *inputs: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        if self.dtype != torch.float32:
-            inputs, kwargs = _cast_floats(inputs, self.dtype), _cast_floats(kwargs, self.dtype)
-        out = self.module(*inputs, **kwargs)
-        if self.stage3 is not None:
-            self.stage3.end_forward()
-        self._timers["forward"] = self._timers.get("forward", 0.0) + time.perf_counter() - start
+        self.telemetry.before_forward(self.global_steps)
+        with self.telemetry.timed(FORWARD):
+            if self.dtype != torch.float32:
+                inputs = _cast_floats(inputs, self.dtype)
+                kwargs = _cast_floats(kwargs, self.dtype)
+            out = self.module(*inputs, **kwargs)
+            if self.stage3 is not None:
+                self.stage3.end_forward()
         return out
 
     def is_gradient_accumulation_boundary(self) -> bool:
@@ -270,24 +273,26 @@ class ZeroEngine(nn.Module):
             )
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise ValueError("backward() takes the scalar loss tensor")
-        start = time.perf_counter()
-        self._check_loss(loss)
-        scaled = loss.float() * (self.optimizer.loss_scale / self.gradient_accumulation_steps())
-        reduce_now = self.stage >= 2 or self.is_gradient_accumulation_boundary()
-        if reduce_now:
-            self.reducer.start()
-        if self.stage3 is not None:
-            self.stage3.in_backward = True
-        try:
-            scaled.backward(retain_graph=retain_graph)
-            self.reducer.finish()
-        finally:
+        with self.telemetry.timed(BACKWARD):
+            self._check_loss(loss)
+            scale = self.optimizer.loss_scale / self.gradient_accumulation_steps()
+            scaled = loss.float() * scale
+            reduce_now = self.stage >= 2 or self.is_gradient_accumulation_boundary()
+            if reduce_now:
+                self.reducer.start()
             if self.stage3 is not None:
-                self.stage3.in_backward = False
-                self.stage3.end_backward()
-            self.reducer.active = False
+                self.stage3.in_backward = True
+            try:
+                scaled.backward(retain_graph=retain_graph)
+                with self.telemetry.timed(BACKWARD_ALLREDUCE):
+                    self.reducer.finish()
+            finally:
+                if self.stage3 is not None:
+                    self.stage3.in_backward = False
+                    self.stage3.end_backward()
+                self.reducer.active = False
+        self.telemetry.record_loss(loss)
         self._backward_pending = True
-        self._timers["backward"] = self._timers.get("backward", 0.0) + time.perf_counter() - start
         return loss
 
     def _check_loss(self, loss: torch.Tensor) -> None:
@@ -313,34 +318,28 @@ class ZeroEngine(nn.Module):
         """Count a micro-step; at the accumulation boundary step the optimizer and schedule."""
         if not self._backward_pending:
             raise RuntimeError("step() called without backward() since the last step()")
-        start = time.perf_counter()
         self._backward_pending = False
-        if self.is_gradient_accumulation_boundary():
-            stepped = self.optimizer.step()
-            if stepped:
-                if self.lr_scheduler is not None:
-                    self.lr_scheduler.step()
-            else:
-                self.skipped_steps += 1
+        boundary = self.is_gradient_accumulation_boundary()
+        if boundary:
+            with self.telemetry.timed(STEP):
+                stepped = self.optimizer.step()
+                if stepped:
+                    if self.lr_scheduler is not None:
+                        self.lr_scheduler.step()
+                else:
+                    self.skipped_steps += 1
             self.global_steps += 1
             self.global_samples += self.train_batch_size()
-            self._report()
         self.micro_steps += 1
-        self._timers["step"] = self._timers.get("step", 0.0) + time.perf_counter() - start
+        if boundary:
+            self.telemetry.after_step(self)
 
-    def _report(self) -> None:
-        every = self.config.steps_per_print
-        if not every or self.global_steps % every or self.rank != 0:
-            return
-        line = f"step {self.global_steps}: lr {self.get_lr()}"
-        if self.optimizer.scaler is not None:
-            line += f", loss scale {self.optimizer.loss_scale:g}, skipped {self.skipped_steps}"
-        if self.config.wall_clock_breakdown:
-            line += ", " + ", ".join(
-                f"{k} {1000 * v / every:.1f} ms" for k, v in sorted(self._timers.items())
-            )
-            self._timers.clear()
-        print(line, flush=True)
+    def destroy(self) -> None:
+        """Flush and close the monitors, put back the ``torch.distributed`` functions the
+        comms logger wrapped, and stop a flops profile in progress. Call it when training
+        ends (it also runs at interpreter exit); the engine still trains afterwards, with
+        those observers gone."""
+        self.telemetry.close()
 
     def zero_grad(self) -> None:
         """Drop accumulated gradients (full and partitioned)."""

@@ -7,14 +7,18 @@ false, ``grad_hooks``, ``contiguous_gradients``: zero-core always reduce-scatter
 contiguous partition; ``stage3_max_live_parameters``/``stage3_max_reuse_distance``: a
 parameter is released as soon as its module is done, which any such cap allows), or is
 refused here with ``NotImplementedError`` when set to anything but its default. The other
-sections belong to other packages or later work: the engine does not drive zero-profiler's
-flops profiler, comms logger or monitors yet, nor DeepSpeed's own activation-checkpointing
-API (``torch.utils.checkpoint`` works at every stage).
+sections belong to other packages or later work: zero-profiler's blocks (flops profiler,
+comms logger, monitors, and the timers of ``wall_clock_breakdown``) are run by the engine
+through ``_telemetry`` and need zero-profiler installed, which is checked here, before any
+work; DeepSpeed's own activation-checkpointing API is not implemented
+(``torch.utils.checkpoint`` works at every stage).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from ._telemetry import require_profiler
 
 __all__ = ["refuse_unsupported"]
 
@@ -24,19 +28,10 @@ _ZERO_DEFAULTS = [
     ("round_robin_gradients", False, "round-robin gradient copies (an offload option)"),
 ]
 
-#: Sections another package owns; the engine does not run them yet.
-_ENGINE_SECTIONS = {
-    "flops_profiler": "call zero_profiler.get_model_profile / FlopsProfiler yourself",
-    "comms_logger": "use zero_profiler's comms logger directly",
-    "tensorboard": "drive zero_profiler.MonitorMaster yourself",
-    "wandb": "drive zero_profiler.MonitorMaster yourself",
-    "csv_monitor": "drive zero_profiler.MonitorMaster yourself",
-    "comet": "drive zero_profiler.MonitorMaster yourself",
-}
-
 
 def refuse_unsupported(cfg: Any) -> None:
-    """Raise ``NotImplementedError`` naming the first setting the engine would ignore."""
+    """Raise ``NotImplementedError`` naming the first setting the engine would ignore, or
+    ``ImportError`` for a block that is on while zero-profiler, which runs it, is missing."""
     zc = cfg.zero_optimization
     for key, default, what in _ZERO_DEFAULTS:
         if getattr(zc, key) != default:
@@ -44,12 +39,7 @@ def refuse_unsupported(cfg: Any) -> None:
                 f"zero_optimization.{key} = {getattr(zc, key)!r}: {what} is not implemented "
                 f"in zero-core; remove the key or set it to {default!r}"
             )
-    for name, advice in _ENGINE_SECTIONS.items():
-        section = cfg.sections.get(name) or {}
-        if section.get("enabled"):
-            raise NotImplementedError(
-                f"{name}.enabled: the zero-core engine does not run the {name} yet; {advice}"
-            )
+    require_profiler(cfg)
     checkpointing = cfg.sections.get("activation_checkpointing") or {}
     turned_on = sorted(k for k, v in checkpointing.items() if v)
     if turned_on:
