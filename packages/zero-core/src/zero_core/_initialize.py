@@ -14,6 +14,7 @@ from . import _dist, _registry
 from ._data import ResumableSampler
 from ._engine import ZeroEngine
 from ._support import refuse_unsupported
+from .checkpointing._settings import apply_engine_config
 from .config import load_config
 
 __all__ = ["initialize"]
@@ -76,6 +77,7 @@ def initialize(
         _dist.init_distributed()
     cfg = load_config(config, world_size=_dist.world_size())
     refuse_unsupported(cfg)
+    apply_engine_config(cfg)
     if cfg.dump_state and _dist.rank() == 0:
         print(json.dumps(cfg.to_dict(), indent=2), flush=True)
     groups = _param_groups(model, model_parameters)

@@ -7,11 +7,10 @@ false, ``grad_hooks``, ``contiguous_gradients``: zero-core always reduce-scatter
 contiguous partition; ``stage3_max_live_parameters``/``stage3_max_reuse_distance``: a
 parameter is released as soon as its module is done, which any such cap allows), or is
 refused here with ``NotImplementedError`` when set to anything but its default. The other
-sections belong to other packages or later work: zero-profiler's blocks (flops profiler,
-comms logger, monitors, and the timers of ``wall_clock_breakdown``) are run by the engine
-through ``_telemetry`` and need zero-profiler installed, which is checked here, before any
-work; DeepSpeed's own activation-checkpointing API is not implemented
-(``torch.utils.checkpoint`` works at every stage).
+sections belong to other packages: zero-profiler's blocks (flops profiler, comms logger,
+monitors, and the timers of ``wall_clock_breakdown``) are run by the engine through
+``_telemetry`` and need zero-profiler installed, which is checked here, before any work.
+``activation_checkpointing`` is applied by ``initialize`` through ``zero_core.checkpointing``.
 """
 
 from __future__ import annotations
@@ -40,14 +39,6 @@ def refuse_unsupported(cfg: Any) -> None:
                 f"in zero-core; remove the key or set it to {default!r}"
             )
     require_profiler(cfg)
-    checkpointing = cfg.sections.get("activation_checkpointing") or {}
-    turned_on = sorted(k for k, v in checkpointing.items() if v)
-    if turned_on:
-        raise NotImplementedError(
-            f"activation_checkpointing.{turned_on[0]}: DeepSpeed's activation-checkpointing "
-            f"API is not implemented in zero-core; use torch.utils.checkpoint, which works at "
-            f"every ZeRO stage"
-        )
     accum = (cfg.sections.get("data_types") or {}).get("grad_accum_dtype")
     if accum not in (None, "fp32"):
         raise NotImplementedError(
