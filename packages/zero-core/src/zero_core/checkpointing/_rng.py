@@ -72,14 +72,18 @@ def _default_devices() -> list[int]:
     return [torch.cuda.current_device()] if torch.cuda.is_available() else []
 
 
+def _seed_defaults(seed: int, devices: list[int]) -> None:
+    torch.random.default_generator.manual_seed(seed)
+    for d in devices:
+        with torch.cuda.device(d):
+            torch.cuda.manual_seed(seed)
+
+
 def _seeded(seed: int, devices: list[int]) -> RNGState:
     """The state every generator would have right after ``manual_seed(seed)``."""
     before = capture(devices)
     try:
-        torch.random.default_generator.manual_seed(seed)
-        for d in devices:
-            with torch.cuda.device(d):
-                torch.cuda.manual_seed(seed)
+        _seed_defaults(seed, devices)
         return capture(devices)
     finally:
         restore(before)
@@ -170,10 +174,6 @@ def seed_streams(seed: int, model_parallel_rank: int) -> None:
     """Seed the default generators with ``seed`` (the same on every model-parallel rank) and
     a fresh :data:`MODEL_PARALLEL_RNG` stream with ``seed + 2718 + model_parallel_rank``
     (different on each)."""
-    devices = _default_devices()
-    torch.random.default_generator.manual_seed(seed)
-    for d in devices:
-        with torch.cuda.device(d):
-            torch.cuda.manual_seed(seed)
+    _seed_defaults(seed, _default_devices())
     _TRACKER.reset()
     _TRACKER.add(MODEL_PARALLEL_RNG, seed + _MODEL_PARALLEL_OFFSET + model_parallel_rank)
