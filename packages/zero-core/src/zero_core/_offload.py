@@ -158,6 +158,11 @@ class NvmeOffloadOptimizer(CpuOffloadOptimizer):
             self.layouts.append(layout)
         self._remap()
 
+    def close(self) -> None:
+        """Delete this rank's swap files now. They also go at interpreter exit; call this
+        to free the disk earlier (the engine cannot train afterwards)."""
+        self.swap.remove()
+
     # -- records ---------------------------------------------------------------------------
     def _state_of(self, s: ParamShard) -> dict[str, Any]:
         return self.inner.state.get(s.master, {})
@@ -235,6 +240,7 @@ class NvmeOffloadOptimizer(CpuOffloadOptimizer):
         """Run a swap step; on success adopt the new layouts, on failure put back the state
         the optimizer had (its records are still in the current files) and drop the
         gradients. Either way, leave the masters and state mapped from the files."""
+        self.swap.check_open()
         in_files = {(id(s), key) for layout in self.layouts for s, key in layout}
         kept = {
             s: {

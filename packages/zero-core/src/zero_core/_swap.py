@@ -135,8 +135,16 @@ class SwapFiles:
         return os.path.join(self.rank_dir, f"subgroup{k}.{slot}")
 
     def remove(self) -> None:
-        """Delete this rank's swap files now (also done when the object goes away)."""
+        """Delete this rank's swap files now (also done when the object goes away or the
+        interpreter exits); no step can run afterwards."""
         self._cleanup()
+
+    def check_open(self) -> None:
+        if not self._cleanup.alive:
+            raise RuntimeError(
+                f"the NVMe swap files under {self.rank_dir} were removed (the optimizer was "
+                f"closed); build a new engine to train again"
+            )
 
     # -- records ---------------------------------------------------------------------------
     def add(self, flat: torch.Tensor) -> int:
@@ -168,6 +176,7 @@ class SwapFiles:
             OSError: a read or write failed on this rank (naming the file) or on another
                 rank; nothing was committed, the files hold the previous step's state.
         """
+        self.check_open()
         new_sizes = list(self.sizes)
         error: BaseException | None = None
         try:
