@@ -132,9 +132,9 @@ def _print_rows(title: str, rows: list[Row]) -> None:
 
 
 def _setup(total: int, gpus: int, nodes: int, factor: float, largest: int | None = None) -> str:
-    layer = f", largest layer {largest / 1e6:.0f}M" if largest is not None else ""
+    layer = f", largest layer {largest:,}" if largest is not None else ""
     return (
-        f"Model states of a {total / 1e6:.0f}M-parameter model{layer} on {nodes} node(s) x "
+        f"Model states of {total:,} parameters{layer} on {nodes} node(s) x "
         f"{gpus} GPU(s), 16-bit weights + Adam (zero-core's accounting; CPU includes "
         f"additional_buffer_factor {factor:g}):"
     )
