@@ -111,7 +111,7 @@ _FLAGS = {
 
 def _estimate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .estimate import parse_count
-    from .estimate._report import plan_stages, render_json, render_table
+    from .estimate._table import plan_stages, render_json, render_table
 
     try:
         setup = {
