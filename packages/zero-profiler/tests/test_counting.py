@@ -246,3 +246,34 @@ def test_cuda_counts_match_cpu() -> None:
     gpu = count(_sdpa, *(t.detach().cuda().requires_grad_() for t in (q, k, v)), backward=True)
     assert gpu.get_total_flops() == cpu.get_total_flops()
     assert gpu.get_total_backward_flops() == cpu.get_total_backward_flops()
+
+
+def test_collectives_and_profiler_markers_are_free_not_unknown(tmp_path) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+
+        def step(x: torch.Tensor) -> torch.Tensor:
+            with torch.autograd.profiler.record_function("a range"):
+                y = x * 2
+            dist.all_reduce(y)
+            return y
+
+        prof = count(step, torch.randn(8))
+    finally:
+        dist.destroy_process_group()
+    assert prof.unknown_operators() == {}
+    assert prof.get_total_flops() == 8
+
+
+def test_partitioned_parameters_count_their_full_size() -> None:
+    """A ZeRO stage-3 parameter is empty between uses and carries ``ds_numel``."""
+    from zero_profiler import FlopsProfiler
+
+    model = torch.nn.Linear(4, 3)
+    model.weight.ds_numel = 12
+    model.weight.data = torch.empty(0)
+    assert FlopsProfiler(model).get_total_params() == 12 + 3

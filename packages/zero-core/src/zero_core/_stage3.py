@@ -93,6 +93,9 @@ def partition_param(param: nn.Parameter, name: str = "", broadcast: bool = True)
     )
     shard.local = shard.my_part(full.reshape(-1))
     param.zs_shard = shard
+    # DeepSpeed's name for the full size of a partitioned parameter: tools that count
+    # parameters (zero-profiler's flops profiler among them) read it instead of numel().
+    param.ds_numel = full.numel()
     param.data = torch.empty(0, dtype=full.dtype, device=full.device)
     return shard
 

@@ -23,10 +23,16 @@ _UNKNOWN = object()
 #: started once per training step resolves each operator only once per process.
 _CACHE: dict[Any, tuple[Rule | object, str]] = {}
 
+#: Operator namespaces that do no arithmetic: collectives (``c10d``; the comms logger
+#: measures those) and the profiler's own range markers.
+_FREE_NAMESPACES = frozenset({"c10d", "profiler"})
+
 
 def _resolve(func: Any) -> Rule | object:
     packet = getattr(func, "_overloadpacket", None)
     namespace = getattr(func, "namespace", None)
+    if namespace in _FREE_NAMESPACES:
+        return _FREE
     if packet is None or namespace != "aten":
         return _UNKNOWN
     name = packet.__name__

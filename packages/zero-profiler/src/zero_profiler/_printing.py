@@ -19,6 +19,7 @@ from ._format import (
     number_to_string,
     params_to_string,
 )
+from ._params import count_parameters
 from ._session import ModuleStats, Session
 
 __all__ = ["ProfileSnapshot", "render_profile"]
@@ -91,7 +92,7 @@ def _build_tree(session: Session) -> _Node:
         for i, child in enumerate(extra_children.get(id(module), ())):
             label = f"<{type(child).__name__} #{i}>"
             children.append(build(f"{name}.{label}" if name else label, child, depth + 1, True))
-        params = sum(p.numel() for p in module.parameters())
+        params = count_parameters(module)
         stats = session.stats.get(id(module))
         if stats is not None and (stats.calls or stats.fwd_flops or stats.bwd_flops):
             own = (stats.fwd_flops, stats.fwd_macs, stats.bwd_flops, stats.fwd_latency)

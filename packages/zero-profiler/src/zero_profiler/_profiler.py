@@ -11,6 +11,7 @@ from torch import nn
 
 from ._counting import CountingMode
 from ._format import duration_to_string, macs_to_string, number_to_string, params_to_string
+from ._params import count_parameters
 from ._peak import peak_flops_for
 from ._printing import ProfileSnapshot, render_profile
 from ._session import Session
@@ -28,11 +29,6 @@ class ProfilerState(enum.Enum):
     """Counting: between ``start_profile()`` and ``stop_profile()``."""
     STOPPED = "stopped"
     """Counts kept for reading and printing; nothing is being counted."""
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Elements in the model's parameters, each shared parameter counted once."""
-    return sum(p.numel() for p in model.parameters())
 
 
 class FlopsProfiler:
