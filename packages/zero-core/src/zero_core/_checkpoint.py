@@ -9,7 +9,10 @@ rank r's partition: for every parameter it owns a shard of, the fp32 master shar
 optimizer state of that shard and where the shard sits in the flat parameter; plus the
 rank's RNG states, data-sampler position and loss scaler. ``save_dir/latest`` names the
 newest tag. Everything is plain tensors and containers, loaded with
-``torch.load(weights_only=True)``: a checkpoint can never run code.
+``torch.load(weights_only=True)``: a checkpoint can never run code. With the zero-aio writer
+the bulk tensors live next to each ``.pt`` file in a ``.zaio`` file (see
+[Note: the two checkpoint writers] in ``_ckpt_io``); ``meta.pt`` records which wrote it, and
+either format loads whichever writer is configured now.
 
 [Note: never lose the last checkpoint]
 A save writes into ``save_dir/.<tag>.partial/``: each file to a temporary name, fsynced,
@@ -22,8 +25,10 @@ checkpoint whole and ``latest`` pointing at it.
 A parameter's shard on rank r covers elements ``[r*S, (r+1)*S)`` of the flat parameter
 (``S = ceil(numel / nshards)``). To load at another world size, each rank works out which
 saved shards overlap its new range and copies those slices, for the fp32 master and every
-optimizer-state tensor of the shard's size; scalar state (Adam's ``step``) is copied. Rank
-files are opened memory-mapped, so a rank reads only the bytes it needs.
+optimizer-state tensor of the shard's size; scalar state (Adam's ``step``) is copied.
+``.pt`` rank files are opened memory-mapped, so a rank reads only the bytes it needs; from
+``.zaio`` files it reads only the saved shards that overlap its range (each whole, to verify
+its checksum). At the same world size a rank reads its own ``.zaio`` file in one request.
 """
 
 from __future__ import annotations
@@ -38,13 +43,16 @@ from typing import Any
 import torch
 
 from . import _dist
+from ._ckpt_io import SUFFIX, ZERO_AIO, choose_writer, open_tensors, pull_tensors, write_tensors
 from ._shard import ParamShard
 from ._stage3 import full_copy, is_partitioned
 
 __all__ = ["load_checkpoint", "save_checkpoint", "validate_tag"]
 
-FORMAT = 1
+FORMAT = 2  # 2: tensors may live in zero-aio files; 1 (still read): always inline
+_READS = (1, 2)
 META = "meta.pt"
+EXTRA = "extra/"  # the zero-aio names of rank 0's full frozen params and buffers
 LATEST = "latest"
 
 
@@ -65,6 +73,12 @@ def _rank_file(rank: int) -> str:
     return f"rank{rank}.pt"
 
 
+def _field_prefix(name: str, key: str) -> str:
+    """Where param ``name``'s ``"master"`` or optimizer-state entry ``key`` is named in a
+    zero-aio rank file: this prefix + ``key``."""
+    return f"shards/{name}/" if key == "master" else f"shards/{name}/state/"
+
+
 def _write_atomic(obj: Any, path: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -72,6 +86,29 @@ def _write_atomic(obj: Any, path: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _write_part(obj: dict[str, Any], path: str, writer: str, aio: dict | None, pull: Any) -> None:
+    """``obj`` to ``path`` (a ``.pt`` file); with zero-aio, ``pull(obj, out)`` first moves
+    its bulk tensors into ``out``, which goes to the ``.zaio`` file next to it."""
+    obj["tensor_file"] = None
+    if writer == ZERO_AIO:
+        tensors: dict[str, torch.Tensor] = {}
+        pull(obj, tensors)
+        obj["tensor_file"] = os.path.basename(path).removesuffix(".pt") + SUFFIX
+        write_tensors(tensors, os.path.join(os.path.dirname(path), obj["tensor_file"]), aio)
+    _write_atomic(obj, path)
+
+
+def _pull_shards(per_rank: dict[str, Any], out: dict[str, torch.Tensor]) -> None:
+    for name, record in per_rank["shards"].items():
+        pull_tensors(record, ["master"], _field_prefix(name, "master"), out)
+        flat = [k for k, v in record["state"].items() if torch.is_tensor(v) and v.numel() > 1]
+        pull_tensors(record["state"], flat, _field_prefix(name, "state"), out)
+
+
+def _pull_extra(meta: dict[str, Any], out: dict[str, torch.Tensor]) -> None:
+    pull_tensors(meta["extra"], list(meta["extra"]), EXTRA, out)
 
 
 def _write_text_atomic(text: str, path: str) -> None:
@@ -185,6 +222,8 @@ def save_checkpoint(
     tag = validate_tag(tag if tag is not None else f"global_step{engine.global_steps}")
     sections = engine.config.sections.get("checkpoint") or {}
     _check_same_tag(tag, str(sections.get("tag_validation", "Warn")).capitalize())
+    writer = choose_writer(engine.config.sections)
+    aio = engine.config.sections.get("aio")
     rank = _dist.rank()
     final = os.path.join(save_dir, tag)
     partial = os.path.join(save_dir, f".{tag}.partial")
@@ -209,11 +248,12 @@ def save_checkpoint(
             else None
         ),
     }
-    _write_atomic(per_rank, os.path.join(partial, _rank_file(rank)))
+    _write_part(per_rank, os.path.join(partial, _rank_file(rank)), writer, aio, _pull_shards)
     if rank == 0:
         inner = engine.optimizer.inner.state_dict()
         meta = {
             "format": FORMAT,
+            "writer": writer,
             "world_size": _dist.world_size(),
             "stage": engine.stage,
             "dtype": str(engine.dtype).removeprefix("torch."),
@@ -233,7 +273,7 @@ def save_checkpoint(
             "lr_scheduler": engine.lr_scheduler.state_dict() if engine.lr_scheduler else None,
             "client_state": client_state or {},
         }
-        _write_atomic(meta, os.path.join(partial, META))
+        _write_part(meta, os.path.join(partial, META), writer, aio, _pull_extra)
     _barrier()
     if rank == 0:
         aside = None
@@ -274,17 +314,50 @@ def resolve_tag(load_dir: str, tag: str | None) -> str | None:
 
 
 class SavedShards:
-    """The saved partitions of a checkpoint, read lazily (memory-mapped) rank by rank."""
+    """The saved partitions of a checkpoint, read lazily rank by rank (``.pt`` files
+    memory-mapped, ``.zaio`` files tensor by tensor)."""
 
     def __init__(self, directory: str, world: int) -> None:
         self.directory = directory
         self.world = world
         self._files: dict[int, Any] = {}
+        self._tensors: dict[int, Any] = {}
 
     def rank(self, r: int) -> dict[str, Any]:
+        """Rank ``r``'s saved structure (bulk tensors are ``None`` in zero-aio checkpoints:
+        read them through ``flat``)."""
         if r not in self._files:
             self._files[r] = _load(os.path.join(self.directory, _rank_file(r)))
+            self._tensors[r] = open_tensors(self.directory, self._files[r])
         return self._files[r]
+
+    def read_whole(self, r: int) -> None:
+        """Rank ``r``'s zero-aio file in one request (it is about to be read entirely)."""
+        self.rank(r)
+        if self._tensors[r] is not None:
+            self._tensors[r].read_all()
+
+    def flat(self, r: int, name: str, key: str) -> Any:
+        """The saved flat shard ``key`` ("master" or a state entry) of ``name`` on rank
+        ``r`` (a non-tensor state value as saved; ``None`` if absent)."""
+        record = self.rank(r)["shards"][name]
+        value = record["master"] if key == "master" else record["state"].get(key)
+        store = self._tensors[r]
+        return store.resolve(value, _field_prefix(name, key) + key) if store else value
+
+    def flat_state(self, r: int, name: str) -> dict[str, torch.dtype]:
+        """The optimizer-state entries of ``name`` saved as flat shards on rank ``r``, with
+        their dtypes (read from the index, not the data, for zero-aio files)."""
+        record = self.rank(r)["shards"][name]
+        store = self._tensors[r]
+        out = {}
+        for k, v in record["state"].items():
+            field = _field_prefix(name, k) + k
+            if v is None and store is not None and field in store:
+                out[k] = store.spec(field)[0]
+            elif torch.is_tensor(v) and v.numel() > 1:
+                out[k] = v.dtype
+        return out
 
     def owners(self, name: str, ranks: list[int] | None = None) -> list[int]:
         """The saved ranks whose files hold the shards of ``name``, in shard order. ``ranks``
@@ -309,8 +382,7 @@ class SavedShards:
             lo, hi = i * size, (i + 1) * size
             if hi <= begin or lo >= end:
                 continue
-            record = self.rank(r)["shards"][name]
-            source = record["master"] if key == "master" else record["state"].get(key)
+            source = self.flat(r, name, key)
             if source is None or not torch.is_tensor(source):
                 return None
             pieces.append(source[max(begin, lo) - lo : min(end, hi) - lo])
@@ -334,12 +406,13 @@ def _load_shard(saved: SavedShards, s: ParamShard, engine: Any, with_state: bool
             s.master[: end - begin].copy_(values)
     if not with_state:
         return
-    record = saved.rank(saved.owners(s.name, ranks)[0])["shards"][s.name]
+    owner = saved.owners(s.name, ranks)[0]
+    flat = saved.flat_state(owner, s.name)
     state = {}
-    for k, v in record["state"].items():
-        if torch.is_tensor(v) and v.numel() > 1:
+    for k, v in saved.rank(owner)["shards"][s.name]["state"].items():
+        if k in flat:
             part = saved.element_range(s.name, k, begin, end, ranks)
-            full = torch.zeros(key.numel(), dtype=v.dtype)
+            full = torch.zeros(key.numel(), dtype=flat[k])
             full[: end - begin].copy_(part)
             state[k] = full.view(key.shape)
         else:
@@ -368,9 +441,7 @@ def load_checkpoint(
     path = os.path.join(load_dir, tag)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    meta = _load(os.path.join(path, META))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: checkpoint format {meta.get('format')} is not {FORMAT}")
+    meta = load_meta(path)
     saved = SavedShards(path, meta["world_size"])
     shards = _all_shards(engine)
     mine = {s.name for s in shards}
@@ -393,10 +464,12 @@ def load_checkpoint(
                 f"({meta['world_size']} -> {_dist.world_size()}) is not implemented"
             )
     with_state = load_optimizer_states and not load_module_only
+    if meta["world_size"] == _dist.world_size() and meta["stage"] > 0:
+        saved.read_whole(_dist.rank())  # its own partition: all of it is needed
     for s in shards:
         _load_shard(saved, s, engine, with_state)
     engine.optimizer._write_back()
-    _load_extra(engine, meta["extra"])
+    _load_extra(engine, extra_values(path, meta))
     if with_state:
         for group, hyper in zip(engine.optimizer.inner.param_groups, meta["param_groups"]):
             group.update(hyper)
@@ -420,6 +493,26 @@ def load_checkpoint(
             engine.optimizer.scaler.load_state_dict(first["scaler"])
         engine.set_data_position(first["sampler"], rescale=True)
     return path, meta["client_state"]
+
+
+def load_meta(path: str) -> dict[str, Any]:
+    """``meta.pt`` of the checkpoint directory ``path``, its format checked."""
+    meta = _load(os.path.join(path, META))
+    if meta.get("format") not in _READS:
+        raise ValueError(
+            f"{path}: checkpoint format {meta.get('format')} is not one this zero-core reads "
+            f"({', '.join(map(str, _READS))}); upgrade zero-core"
+        )
+    return meta
+
+
+def extra_values(path: str, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The frozen parameters and buffers rank 0 saved, read from ``meta.zaio`` if there."""
+    store = open_tensors(path, meta)
+    if store is None:
+        return meta["extra"]
+    store.read_all()
+    return {k: store.resolve(v, EXTRA + k) for k, v in meta["extra"].items()}
 
 
 def _load_extra(engine: Any, extra: dict[str, torch.Tensor]) -> None:

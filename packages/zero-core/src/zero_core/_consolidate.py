@@ -2,10 +2,12 @@
 
 [Note: bounded memory]
 ``iter_fp32_state_dict`` yields one parameter at a time, assembled from the memory-mapped
-rank files; ``write_safetensors`` writes the header (every name, dtype and shape is known
-from ``meta.pt`` up front) and then each tensor as it is produced, so converting holds one
-full tensor (plus the pages being copied) at a time, not the model. A ``.pt`` output
-(``torch.save``) needs the whole dict in memory, as torch's format requires.
+``.pt`` rank files, or from its saved shards read alone from ``.zaio`` files (either
+writer's checkpoints convert the same way); ``write_safetensors`` writes the header (every
+name, dtype and shape is known from ``meta.pt`` and ``meta.zaio``'s index up front) and then
+each tensor as it is produced, so converting holds one full tensor (plus the pages being
+copied) at a time, not the model. A ``.pt`` output (``torch.save``) needs the whole dict in
+memory, as torch's format requires.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from collections.abc import Iterator
 
 import torch
 
-from ._checkpoint import META, SavedShards, _load, _write_atomic, resolve_tag
+from ._checkpoint import EXTRA, META, SavedShards, _write_atomic, load_meta, resolve_tag
+from ._ckpt_io import AioTensors, open_tensors
 
 __all__ = [
     "get_fp32_state_dict_from_zero_checkpoint",
@@ -54,17 +57,27 @@ def _checkpoint_path(checkpoint_dir: str | os.PathLike, tag: str | None) -> str:
     return os.path.join(checkpoint_dir, tag)
 
 
-def _entries(meta: dict) -> list[tuple[str, torch.dtype, list[int], str | None]]:
+def _extra_spec(meta: dict, store: AioTensors | None, name: str) -> tuple[torch.dtype, list]:
+    value = meta["extra"][name]
+    if value is None and store is not None:
+        return store.spec(EXTRA + name)
+    return value.dtype, list(value.shape)
+
+
+def _entries(
+    meta: dict, store: AioTensors | None
+) -> list[tuple[str, torch.dtype, list[int], str | None]]:
     """(name, dtype, shape, source) of every output tensor, in order; source is the saved
-    name for tied aliases and buffers/frozen params (None: an optimizer-owned param)."""
+    name for tied aliases and buffers/frozen params (None: an optimizer-owned param).
+    ``store``: ``meta.zaio`` when the checkpoint has one."""
     out: list[tuple[str, torch.dtype, list[int], str | None]] = []
     for name, shape in meta["params"].items():
         out.append((name, torch.float32, shape, None))
-    for name, value in meta["extra"].items():
-        dtype = torch.float32 if value.is_floating_point() else value.dtype
-        out.append((name, dtype, list(value.shape), name))
+    for name in meta["extra"]:
+        dtype, shape = _extra_spec(meta, store, name)
+        out.append((name, torch.float32 if dtype.is_floating_point else dtype, shape, name))
     for alias, name in meta.get("aliases", {}).items():
-        shape = meta["params"].get(name) or list(meta["extra"][name].shape)
+        shape = meta["params"].get(name) or _extra_spec(meta, store, name)[1]
         out.append((alias, torch.float32, shape, name))
     return out
 
@@ -74,7 +87,8 @@ def iter_fp32_state_dict(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """``(name, tensor)`` for every entry of the model's ``state_dict``, one at a time."""
     path = _checkpoint_path(checkpoint_dir, tag)
-    meta = _load(os.path.join(path, META))
+    meta = load_meta(path)
+    store = open_tensors(path, meta)
     saved = SavedShards(path, meta["world_size"])
     first = saved.rank(0)["shards"]
     if any(record["expert"] for record in first.values()):
@@ -82,12 +96,13 @@ def iter_fp32_state_dict(
             f"{path} holds expert parameters (one set per rank); consolidating experts into "
             f"one state dict is not implemented"
         )
-    for name, _, shape, source in _entries(meta):
+    for name, _, shape, source in _entries(meta, store):
         if source is None:
             numel = math.prod(shape)
             yield name, saved.element_range(name, "master", 0, numel).view(shape)
         elif source in meta["extra"]:
             value = meta["extra"][source]
+            value = store.resolve(value, EXTRA + source) if store is not None else value
             yield name, value.float() if value.is_floating_point() else value.clone()
         else:
             numel = math.prod(shape)
@@ -108,10 +123,10 @@ def write_safetensors(
 ) -> None:
     """Stream a checkpoint's fp32 state dict into a safetensors file (see the Note)."""
     path = _checkpoint_path(checkpoint_dir, tag)
-    meta = _load(os.path.join(path, META))
+    meta = load_meta(path)
     header: dict[str, object] = {}
     offset = 0
-    for name, dtype, shape, _ in _entries(meta):
+    for name, dtype, shape, _ in _entries(meta, open_tensors(path, meta)):
         nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
         header[name] = {
             "dtype": _ST_DTYPES[dtype],

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _aio
 from ._errors import ConfigError, show
 from ._schema import canonical_choice, option, parse_fields, to_plain
 
@@ -154,6 +155,17 @@ class ParallelWriteSection:
 
 
 _TAG_VALIDATION = ("Ignore", "Warn", "Fail")
+_WRITERS = ("auto", "torch", "zero_aio")
+
+
+def _writer(value: str) -> str:
+    name = canonical_choice(_WRITERS)(value)
+    if name == "zero_aio" and not _aio.installed():
+        raise ConfigError(
+            f"checkpoint.writer: 'zero_aio' asks for zero-aio, which is not installed: "
+            f'{_aio.INSTALL} (or use "auto" to fall back to torch.save)'
+        )
+    return name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -170,6 +182,9 @@ class CheckpointSection:
     """Save and load by local rank, for storage not shared between nodes."""
     parallel_write: ParallelWriteSection = field(default_factory=ParallelWriteSection)
     """Parallel checkpoint writing."""
+    writer: str = option("auto", choices=_WRITERS, casefold=True, convert=_writer)
+    """zerospeed's own key: who writes the tensors: ``"zero_aio"`` (zero-aio's checksummed
+    files at device speed), ``"torch"`` (``torch.save``), ``"auto"`` (zero-aio if installed)."""
 
 
 @dataclass(frozen=True, kw_only=True)
