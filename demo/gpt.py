@@ -59,7 +59,7 @@ class GPTConfig:
     context: int = 128
     layers: int = 4
     heads: int = 4
-    width: int = 256
+    width: int = 192
     dropout: float = 0.1
 
     def as_dict(self) -> dict[str, int | float]:

@@ -31,7 +31,7 @@ from progress import Progress
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo-out", help="directory for checkpoints, logs, plots")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps in the schedule")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps in the schedule")
     p.add_argument(
         "--stop-at",
         help="save and stop after this many steps ('half': half the schedule), to resume later",
@@ -42,10 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--micro-batch", type=int, default=8, help="sequences per rank per step")
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--width", type=int, default=192)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=30, help="warmup steps")
+    p.add_argument("--warmup", type=int, default=20, help="warmup steps")
     p.add_argument("--eval-batches", type=int, default=16, help="held-out batches per rank")
     p.add_argument("--profile-step", type=int, default=3, help="step the flops profiler measures")
     p.add_argument("--seed", type=int, default=1234)
