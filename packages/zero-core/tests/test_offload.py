@@ -164,7 +164,7 @@ def _checkpoint_resume(rank: int, nvme: str, ckpt: str) -> dict[str, Any]:
     files_while_training = sorted(os.listdir(_swap_dirs(nvme, rank)[0]))
     unbroken = _train(rank, first, range(3, 6))
     unbroken_weights = first.full_state_dict(torch.float32)
-    first.optimizer.close()
+    first.destroy()  # closes the optimizer, which deletes its swap files
     left_after_close = _swap_dirs(nvme, rank)
     with pytest.raises(RuntimeError, match="were removed"):
         _train(rank, first, range(6, 7))

@@ -336,10 +336,14 @@ class ZeroEngine(nn.Module):
 
     def destroy(self) -> None:
         """Flush and close the monitors, put back the ``torch.distributed`` functions the
-        comms logger wrapped, and stop a flops profile in progress. Call it when training
-        ends (it also runs at interpreter exit); the engine still trains afterwards, with
-        those observers gone."""
+        comms logger wrapped, stop a flops profile in progress, and delete NVMe offload
+        swap files. Call it when training ends (it also runs at interpreter exit). The
+        engine still trains afterwards with the observers gone, except under NVMe offload,
+        whose optimizer state went with its files."""
         self.telemetry.close()
+        close = getattr(self.optimizer, "close", None)
+        if close is not None:
+            close()
 
     def zero_grad(self) -> None:
         """Drop accumulated gradients (full and partitioned)."""
