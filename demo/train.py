@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument(
+        "--offload",
+        default="none",
+        choices=["none", "cpu", "nvme"],
+        help="ZeRO-Offload: optimizer state in CPU memory, or on disk under OUT/nvme",
+    )
     p.add_argument("--micro-batch", type=int, default=8, help="sequences per rank per step")
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
@@ -55,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def ds_config(args: argparse.Namespace) -> dict:
     """The DeepSpeed-style config: every key here means what it means in DeepSpeed."""
     logs = str(Path(args.out) / "logs")
+    offload = {}
+    if args.offload == "cpu":
+        offload = {"offload_optimizer": {"device": "cpu"}}
+    elif args.offload == "nvme":
+        nvme = Path(args.out) / "nvme"
+        nvme.mkdir(parents=True, exist_ok=True)
+        offload = {"offload_optimizer": {"device": "nvme", "nvme_path": str(nvme)}}
     return {
         "train_micro_batch_size_per_gpu": args.micro_batch,
         "gradient_accumulation_steps": 1,
@@ -74,7 +87,7 @@ def ds_config(args: argparse.Namespace) -> dict:
         },
         "bf16": {"enabled": args.dtype == "bf16"},
         "fp16": {"enabled": args.dtype == "fp16"},
-        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, **offload},
         "flops_profiler": {
             "enabled": not args.resume,
             "profile_step": args.profile_step,
@@ -177,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{n_params / 1e6:.2f}M parameters, {len(train)} training windows of "
             f"{args.context} chars, {world} ranks x {args.micro_batch} sequences per step, "
             f"ZeRO stage {engine.zero_optimization_stage()}, {args.dtype}"
+            + (f", optimizer offload to {args.offload}" if args.offload != "none" else "")
         )
         say(f"held-out loss before training {held_out_loss(engine, held, args):.4f}")
     stop = args.steps

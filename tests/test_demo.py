@@ -68,3 +68,20 @@ def test_converted_weights_load_into_the_plain_model_and_sample(demo_run):
     run(ZEROSPEED, "convert", str(out / "checkpoints"), str(weights), "--safetensors")
     text = run(sys.executable, str(DEMO / "sample.py"), str(weights), "--chars", "20")
     assert text.count("--- ") == 4 and "In the beginning" in text
+
+
+@pytest.mark.parametrize("offload", ["cpu", "nvme"])
+def test_offload_flag_trains_the_same_model(demo_run, tmp_path, offload):
+    """Optimizer offload changes where the optimizer state lives, not the numbers: the
+    straight run with --offload logs the losses of the stopped-and-resumed run without it."""
+    out, _, _ = demo_run
+    run(
+        ZEROSPEED, "launch", "--nproc-per-node", "2", str(DEMO / "train.py"),
+        "--out", str(tmp_path), "--offload", offload, *TINY,
+    )  # fmt: skip
+
+    def losses(run_dir: Path) -> list[str]:
+        with open(run_dir / "train_log.csv", newline="") as f:
+            return [r["loss"] for r in csv.DictReader(f)]
+
+    assert losses(tmp_path) == losses(out)
