@@ -241,27 +241,12 @@ def test_offload_device_none_or_null_block_is_no_offload(name):
     ("block", "message"),
     [
         (
-            {"stage": 3, "offload_param": {"device": "cpu"}},
-            "zero_optimization.offload_param: cpu offload is not implemented yet (issue 10); "
-            'remove the block or set its "device" to "none"',
-        ),
-        (
-            {"stage": 3, "offload_param": {"device": "nvme", "nvme_path": "/nvme"}},
-            "zero_optimization.offload_param: nvme offload is not implemented yet (issue 10); "
-            'remove the block or set its "device" to "none"',
-        ),
-        (
-            {"stage": 3, "offload_param": {}},
-            "zero_optimization.offload_param: cpu offload is not implemented yet (issue 10); "
-            'remove the block or set its "device" to "none"',
-        ),
-        (
             {"stage": 2, "offload_optimizer": {"device": "cpu", "ratio": 0.3}},
             "zero_optimization.offload_optimizer.ratio = 0.3: a partial offload (part of the "
             "step on the device) is not implemented; remove the key or set it to 1",
         ),
     ],
-    ids=["param-cpu", "param-nvme", "param-default-device", "optimizer-ratio"],
+    ids=["optimizer-ratio"],
 )
 def test_offload_is_not_implemented_yet(block, message):
     assert error(block, NotImplementedError) == message
@@ -295,9 +280,9 @@ def test_legacy_cpu_offload_becomes_offload_optimizer():
     assert zero({"stage": 2, "cpu_offload": True}).offload_optimizer == OffloadOptimizerConfig(
         device="cpu", pin_memory=False
     )
-    assert error({"stage": 3, "cpu_offload_param": True}, NotImplementedError).startswith(
-        "zero_optimization.offload_param: cpu offload is not implemented yet (issue 10)"
-    )
+    assert zero(
+        {"stage": 3, "cpu_offload_param": True, "cpu_offload_use_pin_memory": True}
+    ).offload_param == OffloadParamConfig(device="cpu", pin_memory=True)
     assert zero(
         {"stage": 2, "cpu_offload": False, "cpu_offload_use_pin_memory": True}
     ) == ZeroConfig(stage=2)

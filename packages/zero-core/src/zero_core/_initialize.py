@@ -104,6 +104,12 @@ def initialize(
             sched_block.type, opt, sched_block.params
         )
 
+    if factory is None and cfg.zero_optimization.offload_param is not None:
+        raise ValueError(
+            "zero_optimization.offload_param: parameter offload is built with the optimizer "
+            "(its step writes the partitions back), and none was given; pass an optimizer "
+            "or remove the block"
+        )
     engine = ZeroEngine(model, cfg, factory, lr_scheduler, groups if factory else None)
     loader = None
     if training_data is not None:

@@ -31,11 +31,12 @@ import torch
 
 from . import _aio, _dist
 from ._optimizer import ZeroOptimizer
+from ._param_offload import make_param_store
 from ._shard import ParamShard
 from ._swap import SwapFiles, make_run_dir
 from .config._sections import AioSection
 
-__all__ = ["cpu_param_groups", "make_optimizer", "split_sub_groups"]
+__all__ = ["cpu_param_groups", "device_bytes", "make_optimizer", "split_sub_groups"]
 
 
 def split_sub_groups(shards: list[ParamShard], sub_group_size: int) -> list[list[ParamShard]]:
@@ -62,27 +63,48 @@ def cpu_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def make_optimizer(
     config: Any, inner: torch.optim.Optimizer, groups: list[list[ParamShard]], **options: Any
 ) -> ZeroOptimizer:
-    """The partitioned optimizer ``config`` asks for: offloaded or not.
+    """The partitioned optimizer ``config`` asks for: offloaded or not, with the store of
+    ``offload_param`` (see ``zero_core._param_offload``) when the config has one.
 
     Raises:
-        ValueError: an optimizer that communicates itself under offload; an ``nvme_path``
-            that is missing or not writable.
+        ValueError: an optimizer that communicates itself under optimizer offload; an
+            ``nvme_path`` that is missing or not writable; a stage-3 partition larger than
+            ``offload_param.buffer_size``.
         ImportError: NVMe offload without zero-aio installed.
     """
     zc = config.zero_optimization
     offload = zc.offload_optimizer
-    if offload is None:
-        return ZeroOptimizer(inner, groups, **options)
-    if getattr(inner, "communicates_gradients", False):
+    if offload is not None and getattr(inner, "communicates_gradients", False):
         raise ValueError(
             f"{type(inner).__name__} communicates its own gradients, which optimizer offload "
             f"does not support; remove zero_optimization.offload_optimizer"
         )
+    aio_options = _handle_options(config.sections.get("aio"))
+    shards = [s for g in groups for s in g]
+    options["param_store"] = make_param_store(config, shards, aio_options)
+    try:
+        return _offloaded_optimizer(offload, zc, inner, groups, aio_options, **options)
+    except BaseException:
+        if options["param_store"] is not None:  # its files go now, not at exit
+            options["param_store"].close()
+        raise
+
+
+def _offloaded_optimizer(
+    offload: Any,
+    zc: Any,
+    inner: torch.optim.Optimizer,
+    groups: list[list[ParamShard]],
+    aio_options: dict[str, Any],
+    **options: Any,
+) -> ZeroOptimizer:
+    if offload is None:
+        return ZeroOptimizer(inner, groups, **options)
     common = dict(sub_group_size=int(zc.sub_group_size), pin_memory=offload.pin_memory)
     if offload.device == "cpu":
         return CpuOffloadOptimizer(inner, groups, **common, **options)
     handle = _aio.aio("aio_handle")  # before anything is created: fails without zero-aio
-    new_handle = functools.partial(handle, **_handle_options(config.sections.get("aio")))
+    new_handle = functools.partial(handle, **aio_options)
     swap = SwapFiles(
         make_run_dir(str(offload.nvme_path), _dist.rank()),
         new_handle,
@@ -161,6 +183,7 @@ class NvmeOffloadOptimizer(CpuOffloadOptimizer):
     def close(self) -> None:
         """Delete this rank's swap files now. They also go at interpreter exit; call this
         to free the disk earlier (the engine cannot train afterwards)."""
+        super().close()
         self.swap.remove()
 
     # -- records ---------------------------------------------------------------------------
@@ -260,3 +283,39 @@ class NvmeOffloadOptimizer(CpuOffloadOptimizer):
             raise
         self.layouts = new_layouts
         self._remap()
+
+
+def device_bytes(engine: Any) -> int:
+    """Bytes of the tensors an engine keeps on its compute device, measured now (between
+    steps: what offload does not move off the device).
+
+    Counted, once per storage (views of one buffer count its whole storage): the module's
+    parameter data (whole small params, and any stage-3 param still gathered) and buffers;
+    stage-3 partitions (``shard.local``) unless ``offload_param`` holds them; gradients
+    (partitions and full ``.grad``); the fp32 masters, their ``.grad`` and the optimizer
+    state tensors unless ``offload_optimizer`` holds them. On a CPU-only machine the
+    device is the CPU, so what is offloaded is told by who owns it, not by its device.
+    """
+    opt = engine.optimizer
+    opt_offloaded = isinstance(opt, CpuOffloadOptimizer)
+    tensors: list[torch.Tensor | None] = [p.data for p in engine.module.parameters()]
+    tensors += [p.grad for p in engine.module.parameters()]
+    tensors += list(engine.module.buffers())
+    shards = {id(s): s for g in engine.shard_groups for s in g}
+    for p in engine.module.parameters():  # frozen stage-3 params are in no group
+        if getattr(p, "zs_shard", None) is not None:
+            shards.setdefault(id(p.zs_shard), p.zs_shard)
+    for s in shards.values():
+        tensors.append(s.grad)
+        if s.store is None:
+            tensors.append(s.local)
+        if s.master is not None and not opt_offloaded:
+            tensors += [s.master, s.master.grad]
+    if opt is not None and not opt_offloaded:
+        tensors += [v for st in opt.inner.state.values() for v in st.values() if torch.is_tensor(v)]
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t is not None and t.numel():
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())

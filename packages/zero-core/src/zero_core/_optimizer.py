@@ -48,8 +48,11 @@ class ZeroOptimizer:
         scaler: LossScaler | None,
         gather_bucket_numel: int,
         ignore_unused: bool = True,
+        param_store: Any = None,
     ) -> None:
         self.inner = inner
+        #: ``offload_param``'s store, where the stage-3 partitions live (see _param_offload)
+        self.param_store = param_store
         self.groups = groups
         self.direct = direct
         self.clip = clip
@@ -211,9 +214,12 @@ class ZeroOptimizer:
         def weights(s: ParamShard) -> torch.Tensor:
             return new[s] if new is not None and s in new else s.master
 
-        for s in self.shards:
-            if s.local is not None:
-                s.local.copy_(weights(s))
+        local = [(s, weights(s)) for s in self.shards if s.local is not None]
+        if self.param_store is not None:
+            self.param_store.write_back(local)
+        else:
+            for s, w in local:
+                s.local.copy_(w)
         for bucket in self.gather_buckets:
             device = bucket.shards[0].param.device
             if bucket.nshards == 1:
@@ -226,6 +232,12 @@ class ZeroOptimizer:
             _dist.all_gather_into(full, mine, group=bucket.group)
             for i, s in enumerate(bucket.shards):
                 s.param.data.copy_(bucket.unpack_full(full, i).view(s.shape))
+
+    def close(self) -> None:
+        """Delete the files of NVMe parameter offload now (they also go at interpreter
+        exit); the engine cannot train afterwards."""
+        if self.param_store is not None:
+            self.param_store.close()
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

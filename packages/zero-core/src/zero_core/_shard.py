@@ -55,6 +55,9 @@ class ParamShard:
     #: stage 3: this rank's shard of the weights in the compute dtype (the param's data is
     #: empty between uses); None when the full param lives on every rank
     local: torch.Tensor | None = None
+    #: where ``local`` lives between uses under ``offload_param`` (a ``_param_offload``
+    #: store that fetches it to the device and writes updates back); None: on the device
+    store: Any = None
     #: a gradient arrived for the param in the current backward (on this rank)
     ready: bool = False
     #: a gradient arrived on any micro-step since the last optimizer step (on this rank)

@@ -108,7 +108,9 @@ class _PendingGather:
         self.group = shards[0].group
         self.nshards = shards[0].nshards
         self.total = sum(s.shard_numel for s in shards)
-        mine = torch.cat([s.local for s in shards]) if len(shards) > 1 else shards[0].local
+        parts = [_local_on_device(s) for s in shards]
+        mine = torch.cat(parts) if len(parts) > 1 else parts[0]
+        del parts
         self.full = torch.empty(self.nshards * self.total, dtype=mine.dtype, device=mine.device)
         self.work = _dist.all_gather_into(self.full, mine, async_op=async_op, group=self.group)
         for s in shards:
@@ -125,6 +127,20 @@ class _PendingGather:
                 piece = blocks[:, off : off + s.shard_numel].reshape(-1)[: s.numel]
                 s.param.data = piece.view(s.shape)
             off += s.shard_numel
+
+
+def _local_on_device(s: ParamShard) -> torch.Tensor:
+    """This rank's partition on the compute device: ``local`` itself, or under
+    ``offload_param`` a copy its store fetches (see [Note: parameter offload])."""
+    return s.local if s.store is None else s.store.fetch(s, s.param.device)
+
+
+def _set_local(s: ParamShard, value: torch.Tensor) -> None:
+    """Replace this rank's partition (through its store under ``offload_param``)."""
+    if s.store is None:
+        s.local.copy_(value)
+    else:
+        s.store.write_back([(s, value)])
 
 
 #: prefetches in flight, by id(param)
@@ -233,9 +249,9 @@ class Stage3Runtime:
 
     def _pre_forward(self, module: nn.Module, inputs: Any) -> None:
         params = _module_params(module)
+        gather(params)  # first: a fetch that raises (see _param_offload) leaves no holder
         for p in params:
             self.holders[id(p)] = self.holders.get(id(p), 0) + 1
-        gather(params)
         if self.in_backward:
             return
         if self.trace is None:
@@ -253,16 +269,24 @@ class Stage3Runtime:
                 return
         budget = self.prefetch_numel
         upcoming: list[nn.Parameter] = []
-        for later in trace[self._position + 1 :]:
-            for p in _module_params(later):
-                if not is_available(p) and id(p) not in _PENDING:
-                    budget -= p.zs_shard.numel
-                    if budget < 0:
-                        break
-                    upcoming.append(p)
-            if budget < 0:
-                break
+        later_params = (p for later in trace[self._position + 1 :] for p in _module_params(later))
+        for p in later_params:
+            if not is_available(p) and id(p) not in _PENDING:
+                budget -= p.zs_shard.numel
+                if budget < 0:
+                    break
+                upcoming.append(p)
         self._position += 1
+        # NVMe offload: the prefetched partitions are read in parallel, and the ones after
+        # them start reading while this module computes
+        stores = {id(p.zs_shard.store): p.zs_shard.store for p in upcoming if p.zs_shard.store}
+        for store in stores.values():
+            store.read_ahead(
+                p.zs_shard
+                for later in trace[self._position :]
+                for p in _module_params(later)
+                if not is_available(p) and id(p) not in _PENDING
+            )
         prefetch(upcoming)
 
     def end_forward(self) -> None:
@@ -339,7 +363,7 @@ def GatheredParameters(  # noqa: N802 - DeepSpeed's name
                 _dist.broadcast(p.data, modifier_rank, group=p.zs_shard.group)
                 s = p.zs_shard
                 mine = s.my_part(p.data.reshape(-1))
-                s.local.copy_(mine)
+                _set_local(s, mine)
                 if s.master is not None:
                     s.master.copy_(mine)
         release(params)

@@ -38,19 +38,20 @@ import torch
 
 from . import _dist
 
-__all__ = ["SwapFiles", "make_run_dir"]
+__all__ = ["Slot", "SwapFiles", "all_ranks_ok", "make_run_dir", "remove_dir"]
 
 _F32 = torch.empty(0, dtype=torch.float32)
 
 
-def make_run_dir(nvme_path: str, rank: int) -> str:
+def make_run_dir(
+    nvme_path: str, rank: int, where: str = "zero_optimization.offload_optimizer.nvme_path"
+) -> str:
     """Create ``nvme_path/zerospeed-offload-<token>/rank<rank>/`` (the token is rank 0's,
-    the same on every rank) and return it.
+    the same on every rank) and return it; ``where`` is the config key errors name.
 
     Raises:
         ValueError: ``nvme_path`` does not exist, is not a directory or is not writable.
     """
-    where = "zero_optimization.offload_optimizer.nvme_path"
     if not os.path.exists(nvme_path):
         raise ValueError(
             f"{where}: {nvme_path!r} does not exist; create it or point nvme_path at a "
@@ -76,13 +77,21 @@ def make_run_dir(nvme_path: str, rank: int) -> str:
     return rank_dir
 
 
-def _remove_dir(rank_dir: str) -> None:
+def all_ranks_ok(error: BaseException | None) -> bool:
+    """Whether no rank failed (``error`` is this rank's failure): one all-reduce that every
+    rank must reach, so that all of them commit or none does."""
+    failed = torch.tensor([0 if error is None else 1], dtype=torch.int32)
+    _dist.all_reduce_max(failed)
+    return not int(failed)
+
+
+def remove_dir(rank_dir: str) -> None:
     shutil.rmtree(rank_dir, ignore_errors=True)
     with contextlib.suppress(OSError):  # the run directory goes with its last rank
         os.rmdir(os.path.dirname(rank_dir))
 
 
-class _Slot:
+class Slot:
     """One pool buffer and the handle that moves it."""
 
     def __init__(self, handle: Any) -> None:
@@ -91,10 +100,11 @@ class _Slot:
         self.record = -1  # the record it holds (or is reading), -1: none
         self.busy = False  # a transfer was queued and not waited for
 
-    def fit(self, numel: int) -> torch.Tensor:
-        if self.buffer.numel() < numel:
+    def fit(self, numel: int, like: torch.Tensor = _F32) -> torch.Tensor:
+        """The first ``numel`` elements of the buffer, as ``like``'s dtype (grown if needed)."""
+        if self.buffer.numel() < numel or self.buffer.dtype != like.dtype:
             self.buffer = _F32  # drop the old memory before taking more
-            self.buffer = self.handle.new_cpu_locked_tensor(numel, _F32)
+            self.buffer = self.handle.new_cpu_locked_tensor(numel, like)
         return self.buffer[:numel]
 
     def wait(self) -> None:
@@ -124,8 +134,8 @@ class SwapFiles:
         pipeline_write: bool,
     ) -> None:
         self.rank_dir = rank_dir
-        self._cleanup = weakref.finalize(self, _remove_dir, rank_dir)
-        self.slots = [_Slot(new_handle()) for _ in range(max(1, buffer_count))]
+        self._cleanup = weakref.finalize(self, remove_dir, rank_dir)
+        self.slots = [Slot(new_handle()) for _ in range(max(1, buffer_count))]
         self.pipeline_read = pipeline_read
         self.pipeline_write = pipeline_write
         self.sizes: list[int] = []  # elements of each record
@@ -184,8 +194,7 @@ class SwapFiles:
         except BaseException as exc:  # every rank must reach the vote below
             error = exc
             self._drain()
-        failed = torch.tensor([0 if error is None else 1], dtype=torch.int32)
-        _dist.all_reduce_max(failed)
+        ok = all_ranks_ok(error)
         if isinstance(error, OSError):
             raise OSError(
                 error.errno,
@@ -196,7 +205,7 @@ class SwapFiles:
             ) from error
         if error is not None:
             raise error
-        if int(failed):
+        if not ok:
             raise OSError(
                 "NVMe offload: another rank failed to swap its optimizer state this step; "
                 "the step was refused on every rank and the optimizer state is the previous "

@@ -197,14 +197,9 @@ def refuse_zero(zero: ZeroConfig) -> None:
     """Raise for ZeRO settings zero-core does not implement (yet).
 
     Raises:
-        NotImplementedError: parameter offload (issue 10), an optimizer offload ``ratio``
-            below 1, ZeRO++ (hpZ, quantized weights or gradients), MiCS, elastic checkpoints.
+        NotImplementedError: an optimizer offload ``ratio`` below 1, ZeRO++ (hpZ,
+            quantized weights or gradients), MiCS, elastic checkpoints.
     """
-    if zero.offload_param is not None:
-        raise NotImplementedError(
-            f"zero_optimization.offload_param: {zero.offload_param.device} offload is not "
-            f'implemented yet (issue 10); remove the block or set its "device" to "none"'
-        )
     ratio = zero.offload_optimizer.ratio if zero.offload_optimizer is not None else 1.0
     if ratio != 1.0:
         raise NotImplementedError(
