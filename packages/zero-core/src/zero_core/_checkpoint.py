@@ -370,10 +370,18 @@ class SavedShards:
         return group[: record["nshards"]] if record["nshards"] > 1 else [first]
 
     def element_range(
-        self, name: str, key: str, begin: int, end: int, ranks: list[int] | None = None
+        self,
+        name: str,
+        key: str,
+        begin: int,
+        end: int,
+        ranks: list[int] | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Elements ``[begin, end)`` of the flat saved tensor ``key`` ("master" or a state
-        entry) of parameter ``name``, assembled from the saved shards (fp32 copy)."""
+        entry) of parameter ``name``, assembled from the saved shards: a new tensor, or
+        copied straight into ``out`` (``end - begin`` elements) when given, which saves a
+        copy of every byte on the way into the optimizer."""
         owners = self.owners(name, ranks)
         first = self.rank(owners[0])["shards"][name]
         size = -(-first["numel"] // first["nshards"])
@@ -386,7 +394,13 @@ class SavedShards:
             if source is None or not torch.is_tensor(source):
                 return None
             pieces.append(source[max(begin, lo) - lo : min(end, hi) - lo])
-        return torch.cat(pieces) if pieces else torch.empty(0)
+        if out is None:
+            return torch.cat(pieces) if pieces else torch.empty(0)
+        at = 0
+        for piece in pieces:  # copy_ also moves to out's device and dtype
+            out[at : at + piece.numel()].copy_(piece)
+            at += piece.numel()
+        return out
 
 
 def _load_shard(saved: SavedShards, s: ParamShard, engine: Any, with_state: bool) -> None:
@@ -396,14 +410,14 @@ def _load_shard(saved: SavedShards, s: ParamShard, engine: Any, with_state: bool
     ranks = list(getattr(s.param, "zs_dp_group_ranks", [])) if s.group is not None else None
     if ranks is not None and s.nshards == 1:
         ranks = [_dist.rank()]  # a whole expert on each rank: this rank's own copy
-    values = saved.element_range(s.name, "master", begin, end, ranks)
     key = s.param if opt.direct else s.master
     with torch.no_grad():
         if opt.direct:
+            values = saved.element_range(s.name, "master", begin, end, ranks)
             s.param.data.copy_(values.view(s.shape).to(s.param.dtype))
         else:
-            s.master.zero_()
-            s.master[: end - begin].copy_(values)
+            s.master[end - begin :].zero_()
+            saved.element_range(s.name, "master", begin, end, ranks, out=s.master[: end - begin])
     if not with_state:
         return
     owner = saved.owners(s.name, ranks)[0]
@@ -411,9 +425,9 @@ def _load_shard(saved: SavedShards, s: ParamShard, engine: Any, with_state: bool
     state = {}
     for k, v in saved.rank(owner)["shards"][s.name]["state"].items():
         if k in flat:
-            part = saved.element_range(s.name, k, begin, end, ranks)
-            full = torch.zeros(key.numel(), dtype=flat[k])
-            full[: end - begin].copy_(part)
+            full = torch.empty(key.numel(), dtype=flat[k])
+            full[end - begin :].zero_()  # the padding past the parameter's end
+            saved.element_range(s.name, k, begin, end, ranks, out=full[: end - begin])
             state[k] = full.view(key.shape)
         else:
             state[k] = v.clone() if torch.is_tensor(v) else v
