@@ -161,6 +161,7 @@ class NvmeParamStore(CpuParamStore):
         self.dir = os.path.join(rank_dir, "params")
         os.makedirs(self.dir)
         super().__init__(in_cpu, pin_memory=pin_memory)
+        self.in_cpu = in_cpu
         self.on_disk = on_disk
         self.index = {id(s): k for k, s in enumerate(on_disk)}
         self.current = [0] * len(on_disk)  # each partition's current slot file
