@@ -73,11 +73,18 @@ Bound (configurations with offload)
       after the step. Both ranks share one disk, so the bound
       is (both ranks' reads / read GB/s) + (both ranks' writes / write GB/s) + the slower
       rank's Adam time. Bytes the processes actually moved (``/proc/self/io``) are printed
-      beside it. "step / bound" compares the whole step (it also computes forward and
-      backward, which the bound leaves out); "opt / bound" compares ``engine.step()``.
+      beside it. The bound in brackets is its part inside ``engine.step()`` (everything but
+      the parameter reads of the gathers).
+    * Ratios: "step / bound" compares the whole step, which also computes forward and
+      backward (the bound leaves that out); "opt / its bound" compares ``engine.step()``
+      with the bound's part in it. For the compute, a reference run trains (b)'s
+      configuration at (c)'s size (over the cap: parameters on the device, optimizer in
+      CPU memory); (c)'s step minus the reference's forward+backward is the time offload
+      adds, compared with the whole bound in the last line.
 
 Run
     python bench/offload.py [--cap-mib 384] [--nvme-dir DIR] [--only a,b,c] [--max-k K]
+        [--no-reference] [--aio-size 256M]
 """
 
 from __future__ import annotations
@@ -425,16 +432,21 @@ class Result:
     def peak(self) -> dict[str, Any]:
         return max((r["peak"] for r in self.ranks), key=lambda p: p["total"])
 
-    def bytes_to_move(self) -> tuple[int, int]:
-        """(reads, writes) per step that the offload must make, both ranks together: the
-        optimizer record read and written once; with parameter offload the fp32 weight
-        partition read for the forward's gather and again for the backward's (stage 3
-        releases it in between) and written once after the step."""
+    def bound(self, read_gbps: float, write_gbps: float) -> tuple[float, float]:
+        """Seconds per step the offload cannot beat (see the module docstring): (the whole
+        step's, the part in ``engine.step()``). Both ranks' bytes, one shared disk: the
+        optimizer record read and written once and the slower rank's Adam, in the optimizer
+        step; with parameter offload the fp32 weight partition written once after the step
+        and read for the forward's gather and again for the backward's (stage 3 releases it
+        in between)."""
+        adam = max(r["adam_s"] or 0.0 for r in self.ranks)
         if self.cfg.optimizer != "nvme":
-            return 0, 0
+            return adam, adam
         elements = sum(r["shard_numel"] for r in self.ranks)
-        params = 4 if self.param_offload else 0
-        return elements * (RECORD_BYTES + 2 * params), elements * (RECORD_BYTES + params)
+        params = 4 * elements if self.param_offload else 0
+        record = RECORD_BYTES * elements
+        in_step = record / 1e9 / read_gbps + (record + params) / 1e9 / write_gbps + adam
+        return in_step + 2 * params / 1e9 / read_gbps, in_step
 
 
 def run_config(
@@ -478,6 +490,32 @@ def run_config(
         with open(path, encoding="utf-8") as f:
             ranks.append(json.load(f))
     return Result(cfg, k, ranks, param_offload and cfg.param != "none")
+
+
+def run_once(
+    cfg: Offload, k: int, args: argparse.Namespace, tmp: str, param_offload: bool
+) -> Result:
+    t0 = time.perf_counter()
+    got = run_config(cfg, k, args, tmp, param_offload)
+    print(f"{cfg.label} k={k}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if isinstance(got, str):
+        raise SystemExit(f"{cfg.label} at k={k} failed: {got}")
+    return got
+
+
+def run_largest(
+    cfg: Offload, k: int, cap: int, args: argparse.Namespace, tmp: str, param_offload: bool
+) -> Result:
+    """Run ``cfg`` at size ``k``, one size down while the measured device bytes exceed the
+    cap (the prediction leaves out padding; the table says when this happened)."""
+    note = ""
+    while True:
+        got = run_once(cfg, k, args, tmp, param_offload)
+        got.note = note
+        if got.peak["total"] <= cap or k == 1:
+            return got
+        note = f"k={k} measured {mib(got.peak['total'])} MiB > cap: one size down"
+        k -= 1
 
 
 def aio_bandwidth(directory: str, io_size: str) -> tuple[float, float, str]:
@@ -564,7 +602,8 @@ def print_results(results: list[Result], cap: int, bw: tuple[float, float, str])
     print(
         "| config | k | params M | device MiB predicted | device MiB measured (peak at) "
         "| under cap | peak RSS train MiB (all) | step s | fwd+bwd s | optimizer step s "
-        "| disk GB/step read/write (measured) | Adam s | bound s | step / bound | opt / bound |"
+        "| disk GB/step read/write (measured) | Adam s | bound s (in step) | step / bound "
+        "| opt / its bound |"
     )
     print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     read_bw, write_bw, _ = bw
@@ -600,9 +639,13 @@ def print_results(results: list[Result], cap: int, bw: tuple[float, float, str])
             cells += ["", "", "", ""]
         else:
             adam = max(x["adam_s"] for x in r.ranks)
-            reads, writes = r.bytes_to_move()
-            bound = reads / 1e9 / read_bw + writes / 1e9 / write_bw + adam
-            cells += [f"{adam:.2f}", f"{bound:.2f}", f"{step / bound:.1f}", f"{opt / bound:.1f}"]
+            bound, in_step = r.bound(read_bw, write_bw)
+            cells += [
+                f"{adam:.2f}",
+                f"{bound:.2f} ({in_step:.2f})",
+                f"{step / bound:.1f}",
+                f"{opt / in_step:.1f}",
+            ]
         print("| " + " | ".join(cells) + " |")
     print()
 
@@ -615,6 +658,12 @@ def main() -> None:
     parser.add_argument("--max-k", type=int, default=24, help="largest family size considered")
     parser.add_argument("--aio-size", default="256M", help="zero-aio-bench file size")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the compute reference ((b) at (c)'s size, over the cap)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print failing workers' stderr")
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -648,29 +697,17 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="zs-offload-bench-", dir=base)
     args.nvme_dir = work
     results: list[Result] = []
+    reference: Result | None = None
     try:
         bw = aio_bandwidth(work, args.aio_size)
         with tempfile.TemporaryDirectory(prefix="zs-offload-out-") as tmp:
             for cfg in wanted:
-                k = plan[cfg.key]
-                note = ""
-                while k:
-                    t0 = time.perf_counter()
-                    got = run_config(cfg, k, args, tmp, param_offload)
-                    print(
-                        f"{cfg.label} k={k}: {time.perf_counter() - t0:.0f} s"
-                        + (f" ERROR {got}" if isinstance(got, str) else ""),
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    if isinstance(got, str):
-                        raise SystemExit(f"{cfg.label} at k={k} failed: {got}")
-                    got.note = note
-                    if got.peak["total"] <= cap or k == 1:
-                        results.append(got)
-                        break
-                    note = f"k={k} measured {mib(got.peak['total'])} MiB > cap: one size down"
-                    k -= 1
+                if plan[cfg.key]:
+                    results.append(run_largest(cfg, plan[cfg.key], cap, args, tmp, param_offload))
+            big = next((r for r in results if r.cfg.optimizer == "nvme"), None)
+            if big is not None and args.reference:
+                reference = run_once(CONFIGS[1], big.k, args, tmp, param_offload)
+                reference.note = "reference: (c)'s size, over the cap"
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -712,12 +749,29 @@ def main() -> None:
     print("Predicted device bytes per rank (zero_core.estimate), bold = the size run:")
     print()
     print_ladder(plan, cap, param_offload)
-    print_results(results, cap, bw)
+    print_results(results + ([reference] if reference else []), cap, bw)
     by_key = {r.cfg.key: r for r in results}
     if "a" in by_key and "c" in by_key:
         pa = count_params(size_name(by_key["a"].k))
         pc = count_params(size_name(by_key["c"].k))
         print(f"- (c) / (a) parameters under the same cap: **{pc / pa:.2f}x** (target >= 5x)")
+    big = next((r for r in results if r.cfg.optimizer == "nvme"), None)
+    if big is not None and reference is not None:
+        overhead = big.slowest("step") - reference.slowest("fwd_bwd")
+        bound = big.bound(bw[0], bw[1])[0]
+        print(
+            f"- {big.cfg.label}: step minus the reference's forward+backward at the same size "
+            f"(the compute the bound leaves out) = {overhead:.2f} s against the bound's "
+            f"{bound:.2f} s: **{overhead / bound:.1f}x** (target <= 2x)"
+        )
+    if big is not None and reference is not None:
+        same = [s["loss"] for s in big.ranks[0]["steps"]] == [
+            s["loss"] for s in reference.ranks[0]["steps"]
+        ]
+        print(
+            f"- (c) and the reference train the same model from the same seed: their rank-0 "
+            f"losses are {'equal at every step' if same else '**not equal**'}"
+        )
     for r in results:
         if r.cfg.optimizer != "none":
             adam = max(x["adam_s"] for x in r.ranks) / max(x["shard_numel"] for x in r.ranks)
