@@ -283,10 +283,9 @@ class NvmeParamStore(CpuParamStore):
                 s.local = self._mapped(s)
             return
         for s, w in zip(shards, weights):  # the files keep the old weights; memory the new
-            k = self.index[id(s)]
-            if k not in self.dirty:
-                s.local = w.to("cpu", s.local.dtype, copy=True)
-                self.dirty.add(k)
+            if w is not s.local:  # (a retry writes what memory already holds)
+                s.local = w.to("cpu", s.local.dtype, copy=True).reshape(-1)
+            self.dirty.add(self.index[id(s)])
         cause = (
             f"writing a partition failed ({error})"
             if error is not None

@@ -17,7 +17,9 @@ the reducer), and whatever is still gathered when backward ends (frozen paramete
 released then. Forward hooks do not release during backward, so activation checkpointing's
 recomputation finds its parameters whole. Gathers go in module execution order, the same
 on every rank; with ``prefetch_numel > 0`` the next modules' gathers (in the order recorded
-on the first step) are started asynchronously so they overlap with compute.
+on the first step) are started asynchronously so they overlap with compute. Under
+``offload_param`` each gather first fetches the partitions from their store, so a prefetch
+fetches early too (see [Note: parameter offload] in ``zero_core._param_offload``).
 """
 
 from __future__ import annotations
