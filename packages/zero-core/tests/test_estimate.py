@@ -121,15 +121,18 @@ def test_gradient_accumulation_multiplies_what_runs_every_micro_step(stage, pass
 def test_offload_moves_states_off_the_device():
     kw = dict(num_nodes=2, num_gpus_per_node=2, largest_layer_params=100)
     cpu = estimate_model_states(1000, 3, offload_optimizer="cpu", offload_param="cpu", **kw)
-    # device: the fp32 gradient partition and one gathered bf16 layer with its gradient
-    assert (cpu.params, cpu.grads, cpu.optimizer, cpu.working) == (0, 1000, 0, 400)
-    assert cpu.cpu_offload_per_node == 2 * (12 * 250 + 2 * 250)  # 2 ranks' masters+state+weights
+    # device: one gathered bf16 layer with its gradient, nothing else
+    assert (cpu.params, cpu.grads, cpu.optimizer, cpu.working) == (0, 0, 0, 400)
+    # 2 ranks' masters + Adam state, fp32 gradient partitions and bf16 weight shards
+    assert cpu.cpu_offload_per_node == 2 * (12 * 250 + 4 * 250 + 2 * 250)
     assert cpu.cpu_load_per_node == 2 * 4 * 100  # Init: one fp32 layer per process
     nvme = estimate_model_states(1000, 3, offload_optimizer="nvme", offload_param="nvme", **kw)
-    assert (nvme.nvme_per_node, nvme.cpu_offload_per_node) == (7000, 0)
+    # NVMe: masters, state and weights; the gradient partitions stay in CPU memory
+    assert (nvme.nvme_per_node, nvme.cpu_offload_per_node) == (7000, 2 * 4 * 250)
     stage2 = estimate_model_states(1000, 2, offload_optimizer="cpu", **kw)
-    assert (stage2.params, stage2.grads, stage2.optimizer) == (2000, 1000, 0)
-    assert stage2.cpu_per_node == max(2 * 12 * 250, 2 * 4 * 1000)  # loading is the larger
+    assert (stage2.params, stage2.grads, stage2.optimizer) == (2000, 0, 0)
+    assert stage2.cpu_offload_per_node == 2 * (12 * 250 + 4 * 250)
+    assert stage2.cpu_per_node == max(2 * 16 * 250, 2 * 4 * 1000)
 
 
 # -- DeepSpeed's published numbers -----------------------------------------------------------
@@ -154,14 +157,12 @@ def test_zero3_without_offload_matches_deepspeeds_published_figures(zero_init, c
 @pytest.mark.parametrize(
     ("params_cpu", "ds_cpu", "ds_gpu"), [(True, 1.52, 0.06), (False, 1.35, 0.17)]
 )
-def test_zero3_offload_differs_from_deepspeed_by_the_gradient_partition(params_cpu, ds_cpu, ds_gpu):
-    # zero-core keeps the fp32 gradient partition (4 bytes x Ψ / 1 rank) on the device;
-    # DeepSpeed moves it to CPU, where it counts x additional_buffer_factor
+def test_zero3_offload_matches_deepspeeds_published_figures(params_cpu, ds_cpu, ds_gpu):
+    # both keep the fp32 gradient partition in CPU memory under optimizer offload
     cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
         T5_SMALL, T5_LARGEST, cpu_offload=True, cpu_offload_params=params_cpu
     )
-    assert round((gpu - 4 * T5_SMALL) / GIB, 2) == ds_gpu
-    assert round((cpu + 1.5 * 4 * T5_SMALL) / GIB, 2) == ds_cpu
+    assert (round(cpu / GIB, 2), round(gpu / GIB, 2)) == (ds_cpu, ds_gpu)
 
 
 def test_zero2_without_offload_keeps_no_full_16bit_gradient():
@@ -376,9 +377,11 @@ def held(model: nn.Module, optimizer: Any) -> dict[str, int]:
     params = list(model.parameters())
     local = [p.zs_shard.local for p in params if zero_core.is_partitioned(p)]
     state = [t for st in optimizer.inner.state.values() for t in st.values()]
+    partitions = nbytes(s.grad for s in optimizer.shards)
     return {
         "params": nbytes(p.data for p in params) + nbytes(local),
-        "grads": nbytes(s.grad for s in optimizer.shards) + nbytes(p.grad for p in params),
+        "grads": partitions + nbytes(p.grad for p in params),
+        "partitions": partitions,
         "masters": nbytes(optimizer.masters),
         # tensors of the parameter's size; Adam's 0-dim step counts are left out
         "state": nbytes(t for t in state if t.dim() > 0),
@@ -456,16 +459,18 @@ def test_memory_prediction_equals_the_bytes_the_engine_holds(measured, case):
         sizes, got = rank_result["sizes"], rank_result["held"]
         est = _estimate(case, sum(sizes))
         optimizer = got["masters"] + got["state"]
-        if offload:  # masters and state are the CPU's (per node = 2 ranks' worth)
-            assert est.optimizer == 0
+        grads = got["grads"]
+        if offload:  # masters, state and gradient partitions are the CPU's (2 ranks a node)
+            assert (est.optimizer, est.grads) == (0, 0)
             predicted = [est.params, est.grads, est.cpu_offload_per_node // 2]
+            optimizer, grads = optimizer + got["partitions"], grads - got["partitions"]
         else:
             predicted = [est.params, est.grads, est.optimizer]
         if gas > 1 and stage <= 1:
             # the estimate's bound adds the window's full gradients (checked below); at the
             # step only the fp32 partition is left
             predicted[1] -= rank_result["window"]
-        actual = [got["params"], got["grads"], optimizer]
+        actual = [got["params"], grads, optimizer]
         if model == "even":
             assert actual == predicted
         else:

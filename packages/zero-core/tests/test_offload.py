@@ -23,7 +23,7 @@ from torch import nn
 import zero_core
 from harness import run_ranks
 from training import LR, WD, config, make_model, micro_batch
-from zero_core._offload import cpu_param_groups
+from zero_core._offload import cpu_param_groups, device_bytes
 
 STEPS = 4
 SUB_GROUP = 300  # elements of a rank's shards per sub-group: several sub-groups per step
@@ -54,12 +54,36 @@ def _train(rank: int, engine: Any, steps: range) -> list[float]:
 def _run(rank: int, cfg: dict, steps: int = STEPS) -> dict[str, Any]:
     engine, optimizer, _, _ = zero_core.initialize(model=make_model(), config=cfg)
     losses = _train(rank, engine, range(steps))
+    weights = engine.full_state_dict(torch.float32)
     return {
         "losses": losses,
-        "weights": engine.full_state_dict(torch.float32),
+        "weights": weights,
         "optimizer": type(optimizer).__name__,
         "inner": type(optimizer.inner).__name__,
         "sub_groups": len(getattr(optimizer, "sub_groups", [])),
+        **_held_before_step(rank, engine, steps),
+    }
+
+
+def _storage_bytes(tensors: Any) -> int:
+    seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(seen.values())
+
+
+def _held_before_step(rank: int, engine: Any, step: int) -> dict[str, Any]:
+    """One more micro-step's backward (the gradients reduced, the step not taken): what the
+    device holds then, and where the gradient partitions are."""
+    x, y = micro_batch(step, 0, rank, engine.gradient_accumulation_steps())
+    engine.backward(nn.functional.mse_loss(engine(x).float(), y))
+    opt = engine.optimizer
+    partitions = [s.grad for s in opt.shards if s.grad is not None]
+    state = [v for st in opt.inner.state.values() for v in st.values() if torch.is_tensor(v)]
+    return {
+        "device_bytes": device_bytes(engine),
+        "optimizer_bytes": _storage_bytes(partitions + opt.masters + state),
+        "partitions": len(partitions),
+        # each partition its own buffer of its own size (no view of a reduced bucket)
+        "own_buffers": all(g.untyped_storage().nbytes() == g.numel() * 4 for g in partitions),
     }
 
 
@@ -118,6 +142,17 @@ def test_offload_equals_no_offload(results, name):
     for key, value in plain["weights"].items():
         assert torch.equal(offloaded["weights"][key], value), key
     assert plain["losses"][-1] != plain["losses"][0]  # it trained
+
+
+@pytest.mark.parametrize("name", list(_cases("/unused")))
+def test_offload_keeps_the_gradient_partition_off_the_device(results, name):
+    # measured with the gradients reduced, before the step: the offloaded engine's device
+    # holds what the plain one does minus its fp32 gradient partitions, masters and state
+    plain, offloaded = results[name]
+    assert offloaded["partitions"] == plain["partitions"] > 0
+    assert offloaded["own_buffers"]
+    expected = plain["device_bytes"] - plain["optimizer_bytes"]
+    assert offloaded["device_bytes"] == expected
 
 
 def test_offload_builds_the_cpu_optimizer(results):

@@ -224,6 +224,7 @@ class ZeroEngine(nn.Module):
             prescale=bool(self.config.prescale_gradients),
             predivide=float(self.config.gradient_predivide_factor),
             communicate=not self_comm,
+            grad_home=self.optimizer.grad_home,
         )
         self._hooks = [
             s.param.register_post_accumulate_grad_hook(self._grad_hook(s)) for s in shards

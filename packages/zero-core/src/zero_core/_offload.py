@@ -6,11 +6,18 @@ With ``device = "cpu"`` the fp32 master shards and the optimizer state live in C
 (page-locked with ``pin_memory`` when there is a CUDA device to copy from), the inner
 optimizer is built over CPU tensors, so a config's ``"Adam"`` resolves to zero-optim's
 CPUAdam as in DeepSpeed, and the step runs sub-group by sub-group (``sub_group_size``
-elements of this rank's shards at a time): the sub-group's gradient partitions are copied
-to the CPU, the inner optimizer steps those masters only (the others have no ``.grad``, so
-it skips them), and the new weights go back to the device in the compute dtype. A step per
-sub-group is the same arithmetic as one step over all: the optimizers are elementwise and
-count steps per parameter.
+elements of this rank's shards at a time): the inner optimizer steps that sub-group's
+masters only (the others have no ``.grad``, so it skips them), and the new weights go back
+to the device in the compute dtype. A step per sub-group is the same arithmetic as one step
+over all: the optimizers are elementwise and count steps per parameter.
+
+The fp32 gradient partitions live in CPU memory too, owned by this optimizer
+(``grad_home``), as DeepSpeed keeps them: the reducer copies each bucket's reduce-scattered
+block into them (adding over the micro-steps of an accumulation window) and drops the
+device block, so between buckets the device holds no gradient but the staging buffers.
+The overflow check, the norm and clipping then run on the CPU copies, which hold the same
+values; the first block is copied rather than added to zeros, so the partition is bitwise
+what the device would have kept.
 
 With ``device = "nvme"`` (stage 3) each sub-group's masters and state tensors form one
 record in swap files (see ``zero_core._swap``); a step swaps a record into a pinned
@@ -140,15 +147,19 @@ class CpuOffloadOptimizer(ZeroOptimizer):
         self.pin = pin_memory and torch.cuda.is_available()
         super().__init__(inner, groups, **options)
         self.sub_groups = split_sub_groups(self.shards, sub_group_size)
+        self.grad_home = self._new_grad_partition
 
     def _new_master(self, source: torch.Tensor) -> torch.Tensor:
         master = source.to("cpu", torch.float32, copy=True)
         return master.pin_memory() if self.pin else master
 
+    def _new_grad_partition(self, numel: int) -> torch.Tensor:
+        return torch.zeros(numel, dtype=torch.float32, device="cpu", pin_memory=self.pin)
+
     def _attach_grads(self, sub: list[ParamShard], unused: set[ParamShard]) -> None:
         for s in sub:
             if s not in unused and s.grad is not None:
-                s.master.grad = s.grad.to(s.master.device)
+                s.master.grad = s.grad  # already in CPU memory (see grad_home)
 
     def _step_sub_group(self, sub: list[ParamShard], unused: set[ParamShard]) -> None:
         self._attach_grads(sub, unused)
@@ -291,9 +302,9 @@ def device_bytes(engine: Any) -> int:
 
     Counted, once per storage (views of one buffer count its whole storage): the module's
     parameter data (whole small params, and any stage-3 param still gathered) and buffers;
-    stage-3 partitions (``shard.local``) unless ``offload_param`` holds them; gradients
-    (partitions and full ``.grad``); the fp32 masters, their ``.grad`` and the optimizer
-    state tensors unless ``offload_optimizer`` holds them. On a CPU-only machine the
+    stage-3 partitions (``shard.local``) unless ``offload_param`` holds them; full
+    ``.grad``; the fp32 gradient partitions, the fp32 masters, their ``.grad`` and the
+    optimizer state tensors unless ``offload_optimizer`` holds them. On a CPU-only machine the
     device is the CPU, so what is offloaded is told by who owns it, not by its device.
     """
     opt = engine.optimizer
@@ -306,7 +317,8 @@ def device_bytes(engine: Any) -> int:
         if getattr(p, "zs_shard", None) is not None:
             shards.setdefault(id(p.zs_shard), p.zs_shard)
     for s in shards.values():
-        tensors.append(s.grad)
+        if not opt_offloaded:  # else the partition is in the optimizer's CPU memory
+            tensors.append(s.grad)
         if s.store is None:
             tensors.append(s.local)
         if s.master is not None and not opt_offloaded:

@@ -24,6 +24,7 @@ stage-3 params) or into this rank's stage-3 shard.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -53,6 +54,9 @@ class ZeroOptimizer:
         self.inner = inner
         #: ``offload_param``'s store, where the stage-3 partitions live (see _param_offload)
         self.param_store = param_store
+        #: allocates an fp32 gradient partition off the compute device, where this optimizer
+        #: owns it (optimizer offload); None: the reducer keeps the partitions on the device
+        self.grad_home: Callable[[int], torch.Tensor] | None = None
         self.groups = groups
         self.direct = direct
         self.clip = clip

@@ -11,12 +11,16 @@ contributes zeros. Every rank thus runs the same collectives on the same shapes.
 At stage 0 a bucket is all-reduced and the average written back (into ``param.grad``, or
 the fp32 master gradient when there are master weights); at stages 1-3 it is
 reduce-scattered and this rank's shards are added to the flat fp32 gradient partition,
-after which the full gradients are dropped. ``overlap_comm`` launches the collectives
-asynchronously from the gradient hooks, so they run while backward continues.
+after which the full gradients are dropped. Under optimizer offload the partition lives in
+CPU memory the optimizer owns (``grad_home``): each reduced block is copied there and
+dropped on the device (see [Note: optimizer offload] in ``zero_core._offload``).
+``overlap_comm`` launches the collectives asynchronously from the gradient hooks, so they
+run while backward continues.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,6 +41,7 @@ class GradReducer:
         prescale: bool,
         predivide: float,
         communicate: bool = True,
+        grad_home: Callable[[int], torch.Tensor] | None = None,
     ) -> None:
         self.buckets: list[Bucket] = make_buckets(list(reversed(shards)), bucket_numel)
         self.where: dict[int, Bucket] = {}
@@ -50,6 +55,8 @@ class GradReducer:
         #: False for optimizers that communicate themselves (1-bit Adam, ...): gradients stay
         #: this rank's own, only moved into place
         self.communicate = communicate
+        #: allocates the (zeroed) fp32 partitions away from the device; None: on the device
+        self.grad_home = grad_home
         self.active = False
         self._waiting: list[int] = []
         self._next = 0
@@ -130,13 +137,17 @@ class GradReducer:
             for i, s in enumerate(bucket.shards):
                 full = result[bucket.offsets[i] : bucket.offsets[i] + s.numel]
                 if s.master is not None:  # master weights: accumulate into the fp32 gradient
-                    _partition(s)[: s.numel].add_(full)
+                    self._partition(s)[: s.numel].add_(full)
                     s.param.grad = None
                 elif s.param.grad is None:
                     s.param.grad = full.view(s.shape).to(s.param.dtype).clone()
                 else:
                     s.param.grad.copy_(full.view(s.shape))
-        elif result.dtype == torch.float32 and all(s.grad is None for s in bucket.shards):
+        elif (
+            self.grad_home is None
+            and result.dtype == torch.float32
+            and all(s.grad is None for s in bucket.shards)
+        ):
             # first gradient since the step: the reduced block becomes the partition itself
             for i, s in enumerate(bucket.shards):
                 off = bucket.offsets[i]
@@ -144,11 +155,21 @@ class GradReducer:
         else:
             for i, s in enumerate(bucket.shards):
                 off = bucket.offsets[i]
-                _partition(s).add_(result[off : off + s.shard_numel])
+                block = result[off : off + s.shard_numel]
+                if s.grad is None and self.grad_home is not None:
+                    # a copy, not zeros + block: bitwise the view the device path keeps
+                    self._partition(s).copy_(block)
+                else:
+                    self._partition(s).add_(block)
 
-
-def _partition(shard: ParamShard) -> torch.Tensor:
-    """The fp32 gradient partition of ``shard``, allocated on first use after a step."""
-    if shard.grad is None:
-        shard.grad = torch.zeros(shard.shard_numel, dtype=torch.float32)
-    return shard.grad
+    def _partition(self, shard: ParamShard) -> torch.Tensor:
+        """The fp32 gradient partition of ``shard``, allocated (zeroed) on first use after
+        a step: on the device, or where ``grad_home`` keeps it."""
+        if shard.grad is None:
+            numel = shard.shard_numel
+            shard.grad = (
+                torch.zeros(numel, dtype=torch.float32)
+                if self.grad_home is None
+                else self.grad_home(numel)
+            )
+        return shard.grad

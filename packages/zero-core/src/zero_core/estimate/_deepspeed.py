@@ -10,10 +10,8 @@ less or elsewhere, and tests/test_estimate.py measures it:
 
 - stage 2 without offload: ``2Ψ + 16Ψ/Nd`` per GPU, not ``4Ψ + 16Ψ/Nd``: zero-core frees
   each full 16-bit gradient as soon as its bucket is reduced.
-- with optimizer offload: the fp32 gradient partition stays on the device (4Ψ/Nd more per
-  GPU, 4Ψ/Nd per rank less on CPU), and CPU memory is counted per node (the node's GPUs x
-  the per-rank state), where DeepSpeed's stage-2 function counts ``16Ψ`` whatever the
-  number of nodes.
+- with optimizer offload: CPU memory is counted per node (the node's GPUs x the per-rank
+  state), where DeepSpeed's stage-2 function counts ``16Ψ`` whatever the number of nodes.
 """
 
 from __future__ import annotations

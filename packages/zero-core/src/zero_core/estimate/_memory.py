@@ -42,14 +42,12 @@ and its full gradient until that is reduced: 2p x the largest layer's parameters
 Offload (``zero_optimization.offload_optimizer`` / ``offload_param``) moves states off the
 device as zero-core's offload does (see [Note: optimizer offload] in ``zero_core._offload``):
 ``offload_optimizer`` moves the fp32 masters and the optimizer state to CPU memory
-(``"cpu"``, stages 1-3) or to NVMe (``"nvme"``, stage 3); the fp32 gradient partition stays
-on the device and is copied over one sub-group at a time. DeepSpeed moves the gradient
-partition to CPU too, so its device figure under offload is 4Ψ/Nd lower and its CPU figure
-4Ψ/Nd per rank higher. ``offload_param`` (stage 3) moves the weight shards, as DeepSpeed
-does. A node holds what its GPUs' ranks offload. Before training, each process of a node
-builds the model on CPU in fp32 (4Ψ), or, under ``zero_core.Init`` at stage 3, one layer at a
-time (4 x the largest layer); the node's CPU need is the larger of that and the offloaded
-state.
+(``"cpu"``, stages 1-3) or to NVMe (``"nvme"``, stage 3), and the fp32 gradient partition
+(4Ψ/Nd) to CPU memory in both cases, as DeepSpeed does. ``offload_param`` (stage 3) moves
+the weight shards, as DeepSpeed does. A node holds what its GPUs' ranks offload. Before
+training, each process of a node builds the model on CPU in fp32 (4Ψ), or, under
+``zero_core.Init`` at stage 3, one layer at a time (4 x the largest layer); the node's CPU
+need is the larger of that and the offloaded state.
 
 Left out: activations (they depend on batch, sequence length and checkpointing), the
 communication buckets (``reduce_bucket_size`` elements in fp32 staging, the all-gather
@@ -87,8 +85,9 @@ class ModelStatesEstimate:
     offload_param: str
     #: compute weights on the device (the shard at stage 3)
     params: int
-    #: gradients on the device: the fp32 partition (there under offload too), plus the
-    #: full gradients that live through an accumulation window at stages 0-1
+    #: gradients on the device: the fp32 partition (in CPU memory under optimizer
+    #: offload), plus the full gradients that live through an accumulation window at
+    #: stages 0-1
     grads: int
     #: fp32 master weights and optimizer state on the device
     optimizer: int
@@ -204,6 +203,8 @@ def estimate_model_states(
     working = 2 * p * largest if job.stage == 3 else 0
 
     cpu = nvme = 0
+    if offload_optimizer != "none":  # the gradient partition goes to CPU memory either way
+        cpu, partition = cpu + partition, 0
     if offload_optimizer == "cpu":
         cpu, optimizer = cpu + optimizer, 0
     elif offload_optimizer == "nvme":

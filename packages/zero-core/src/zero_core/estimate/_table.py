@@ -155,7 +155,7 @@ def render_table(setup: dict[str, Any], plans: list[StagePlan]) -> str:
         lines.append(
             f"Offload {setup['offload']}: the optimizer from stage "
             f"{1 if setup['offload'] == 'cpu' else 3} on, the weights too at stage 3 "
-            f"(DeepSpeed's rules); the gradient partition stays on the device."
+            f"(DeepSpeed's rules), with the fp32 gradient partition in CPU memory."
         )
     if setup["largest_layer_params"] == 0:
         lines.append(
