@@ -50,6 +50,13 @@ def test_profiler_core_and_initialize():
     assert zerospeed.moe is zero_moe
 
 
+def test_checkpointing_is_zero_cores():
+    import zero_core.checkpointing
+    import zerospeed.checkpointing as via_import
+
+    assert zerospeed.checkpointing is zero_core.checkpointing is via_import
+
+
 def test_report_lists_every_package(capsys):
     assert main(["report"]) == 0
     out = capsys.readouterr().out

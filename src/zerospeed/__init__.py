@@ -3,7 +3,9 @@
 This meta-package holds no logic of its own. It re-exports each installed sibling under one
 roof (``zerospeed.sched`` *is* ``zero_sched``, ``zerospeed.optim`` is ``zero_optim``,
 ``zerospeed.aio`` is ``zero_aio``, ``zerospeed.profiler`` is ``zero_profiler``,
-``zerospeed.core`` is ``zero_core``, ``zerospeed.moe`` is ``zero_moe``), exposes
+``zerospeed.core`` is ``zero_core``, ``zerospeed.moe`` is ``zero_moe``, and
+``zerospeed.checkpointing`` is ``zero_core.checkpointing``, where DeepSpeed users look for
+``deepspeed.checkpointing``), exposes
 ``zerospeed.initialize`` (zero-core's, with zero-optim's optimizers and zero-sched's
 schedules found through their entry points) and provides the ``zerospeed`` command line.
 """
@@ -12,6 +14,7 @@ import sys
 
 import zero_aio as aio
 import zero_core as core
+import zero_core.checkpointing as checkpointing
 import zero_moe as moe
 import zero_optim as optim
 import zero_profiler as profiler
@@ -26,7 +29,18 @@ sys.modules[f"{__name__}.aio"] = aio
 sys.modules[f"{__name__}.profiler"] = profiler
 sys.modules[f"{__name__}.core"] = core
 sys.modules[f"{__name__}.moe"] = moe
+sys.modules[f"{__name__}.checkpointing"] = checkpointing
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "aio", "core", "initialize", "moe", "optim", "profiler", "sched"]
+__all__ = [
+    "__version__",
+    "aio",
+    "checkpointing",
+    "core",
+    "initialize",
+    "moe",
+    "optim",
+    "profiler",
+    "sched",
+]

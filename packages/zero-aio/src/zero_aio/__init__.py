@@ -11,6 +11,7 @@ from ._format import ChecksumError, TensorEntry, crc32c, load, read_index, save
 from ._gds import gds_handle
 from ._handle import aio_handle
 from ._native import BackendInfo, available_backends, backends, default_backend
+from ._partial import load_tensors
 from ._report import report
 
 __version__ = "0.1.0"
@@ -27,6 +28,7 @@ __all__ = [
     "default_backend",
     "gds_handle",
     "load",
+    "load_tensors",
     "read_index",
     "report",
     "save",

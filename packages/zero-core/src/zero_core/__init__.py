@@ -6,7 +6,7 @@ DeepSpeed JSON config: optimizer states (stage 1), gradients (stage 2) and param
 weights. Launch with ``torchrun``; world size 1 needs no launcher.
 """
 
-from . import estimate
+from . import checkpointing, estimate
 from ._consolidate import get_fp32_state_dict_from_zero_checkpoint, load_safetensors
 from ._dist import CollectiveError, init_distributed
 from ._engine import ZeroEngine
@@ -26,6 +26,7 @@ __all__ = [
     "LossScaler",
     "ZeroEngine",
     "__version__",
+    "checkpointing",
     "estimate",
     "get_fp32_state_dict_from_zero_checkpoint",
     "init_distributed",

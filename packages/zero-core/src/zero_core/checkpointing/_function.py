@@ -57,6 +57,7 @@ class CheckpointFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, function: Callable[..., Any], anchor: torch.Tensor, *args: Any) -> Any:
+        """Run ``function`` without building its graph; keep its inputs and RNG states."""
         del anchor  # only there to put the output in the graph
         ctx.function = function
         ctx.name = _profile.function_name(function)
@@ -76,6 +77,7 @@ class CheckpointFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
+        """Restore the inputs and RNG states, run ``function`` again, backpropagate."""
         if not torch.autograd._is_checkpoint_valid():
             raise RuntimeError(
                 "zero_core.checkpointing.checkpoint supports loss.backward() / "

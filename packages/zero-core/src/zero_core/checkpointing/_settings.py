@@ -172,7 +172,7 @@ def configure(
             (:func:`profile_stats`, and a log line on the ``zero_core.checkpointing`` logger).
 
     Raises:
-        ConfigError: a bad key or value in the block, or options that need another one.
+        zero_core.ConfigError: a bad key or value in the block, or options that need another one.
         TypeError: ``mpu_`` lacks one of the three methods.
     """
     base = _block(deepspeed_config)

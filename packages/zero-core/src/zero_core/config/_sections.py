@@ -143,7 +143,7 @@ class ActivationCheckpointingSection:
     synchronize_checkpoint_boundary: bool = False
     """Synchronize the device at each checkpoint boundary."""
     profile: bool = False
-    """Time each checkpointed function's forward and backward."""
+    """Time each checkpointed function's forward and its recomputation."""
 
 
 @dataclass(frozen=True, kw_only=True)
