@@ -23,8 +23,8 @@ Device bytes
     * parameters: this rank's shards between uses (unless ``offload_param``), and the whole
       parameters while gathered;
     * gradients: the full gradients autograd produced and the reducer has not yet split,
-      and this rank's fp32 gradient partition (zero_core keeps it on the device under
-      optimizer offload too; DeepSpeed moves it to the CPU);
+      and this rank's fp32 gradient partition unless ``offload_optimizer`` (which keeps it
+      in CPU memory, as DeepSpeed does);
     * fp32 master weights and optimizer state, unless ``offload_optimizer``.
 
     The account is sampled at every moment the model state can peak: after each module's
@@ -49,7 +49,8 @@ Precision
     fp32. This CPU has AVX2 but no AVX-512 BF16/AMX: torch runs bf16 matrix products ~5x
     slower than fp32 here (see demo/), and fp32 is also where offload helps most: fp32
     stage 3 keeps 20 bytes per parameter per rank/Nd (4 weight shard + 4 gradient partition
-    + 12 master and Adam state) of which offload moves 16.
+    + 12 master and Adam state) of which optimizer offload moves 16 and parameter offload the
+    rest.
 
 Method
     1. Pick, for each configuration, the largest ``k`` whose predicted device bytes fit the
@@ -271,9 +272,11 @@ class DeviceAccount:
         ]
         out = {
             "params": size(p.data for p in params) + size(local),
-            "grads": size(p.grad for p in params) + size(s.grad for s in self.optimizer.shards),
+            "grads": size(p.grad for p in params),
             "optimizer": 0,
         }
+        if not self.offload_optimizer:  # else the partitions are in the optimizer's CPU memory
+            out["grads"] += size(s.grad for s in self.optimizer.shards)
         if not self.offload_optimizer:
             state = [t for st in self.optimizer.inner.state.values() for t in st.values()]
             out["optimizer"] = size(self.optimizer.masters) + size(
