@@ -83,6 +83,15 @@ def test_only_given_keys_are_handed_on():
     }
 
 
+def test_sparse_attention_is_checked_and_handed_on_to_the_model():
+    """DeepSpeed models build their attention from this block (zero-moe's
+    ``sparsity_config_from_dict``); the engine accepts it instead of refusing the config."""
+    block = {"mode": "fixed", "block": 16, "num_local_blocks": 4}
+    assert sections({"sparse_attention": block}) == {"sparse_attention": block}
+    cfg = load_config({"train_batch_size": 2, "sparse_attention": block}, world_size=1)
+    assert cfg.sections["sparse_attention"] == block
+
+
 def test_null_section_is_absent():
     assert sections({"tensorboard": None}) == {}
 
@@ -217,18 +226,6 @@ def test_section_errors(extra, message):
             {"layer_reduction": {"enabled": True, "keep_number_layer": 5}},
             "compression_training: compression training is enabled but is not implemented by "
             "zero-core; remove the 'compression_training' section",
-        ),
-        (
-            "sparse_attention",
-            {"mode": "fixed", "block": 16},
-            "sparse_attention: sparse attention is present but is not implemented by zero-core; "
-            "remove the 'sparse_attention' section",
-        ),
-        (
-            "sparse_attention",
-            {},
-            "sparse_attention: sparse attention is present but is not implemented by zero-core; "
-            "remove the 'sparse_attention' section",
         ),
         (
             "eigenvalue",

@@ -392,7 +392,9 @@ SECTIONS: dict[str, Section] = {
     "compression_training": _refused(
         CompressionTrainingSection, "compression training", _any_enabled
     ),
-    "sparse_attention": _refused(SparseAttentionSection, "sparse attention", lambda _: True),
+    # The model builds its attention from this block (zero-moe's sparsity_config_from_dict,
+    # as DeepSpeed models read it); the engine only checks it.
+    "sparse_attention": Section(SparseAttentionSection, "the model (zero-moe)"),
     # DeepSpeed sections outside the configuration reference: refused when enabled.
     "eigenvalue": _refused(None, "eigenvalue computation"),
     "progressive_layer_drop": _refused(None, "progressive layer drop"),
@@ -435,8 +437,7 @@ def refuse_sections(sections: Mapping[str, Mapping[str, Any]]) -> None:
     for name, block in sections.items():
         section = SECTIONS[name]
         if section.refuse_if is not None and section.refuse_if(block):
-            how = "is present" if name == "sparse_attention" else "is enabled"
             raise NotImplementedError(
-                f"{name}: {section.feature} {how} but is not implemented by zero-core; "
+                f"{name}: {section.feature} is enabled but is not implemented by zero-core; "
                 f"remove the {name!r} section"
             )
