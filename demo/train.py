@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--offload",
         default="none",
         choices=["none", "cpu", "nvme"],
-        help="ZeRO-Offload: optimizer state in CPU memory, or on disk under OUT/nvme",
+        help="ZeRO-Offload: optimizer state in CPU memory; or ZeRO-Infinity: optimizer "
+        "state and parameters on disk under OUT/nvme",
     )
     p.add_argument("--micro-batch", type=int, default=8, help="sequences per rank per step")
     p.add_argument("--context", type=int, default=128)
@@ -67,7 +68,10 @@ def ds_config(args: argparse.Namespace) -> dict:
     elif args.offload == "nvme":
         nvme = Path(args.out) / "nvme"
         nvme.mkdir(parents=True, exist_ok=True)
-        offload = {"offload_optimizer": {"device": "nvme", "nvme_path": str(nvme)}}
+        offload = {
+            "offload_optimizer": {"device": "nvme", "nvme_path": str(nvme)},
+            "offload_param": {"device": "nvme", "nvme_path": str(nvme), "max_in_cpu": 0},
+        }
     return {
         "train_micro_batch_size_per_gpu": args.micro_batch,
         "gradient_accumulation_steps": 1,
@@ -190,7 +194,11 @@ def main(argv: list[str] | None = None) -> None:
             f"{n_params / 1e6:.2f}M parameters, {len(train)} training windows of "
             f"{args.context} chars, {world} ranks x {args.micro_batch} sequences per step, "
             f"ZeRO stage {engine.zero_optimization_stage()}, {args.dtype}"
-            + (f", optimizer offload to {args.offload}" if args.offload != "none" else "")
+            + {
+                "none": "",
+                "cpu": ", optimizer in CPU memory",
+                "nvme": ", optimizer and parameters on NVMe",
+            }[args.offload]
         )
         say(f"held-out loss before training {held_out_loss(engine, held, args):.4f}")
     stop = args.steps
