@@ -21,9 +21,15 @@ import torch
 from torch import nn
 
 import zero_core
+import zero_core._aio
 from harness import run_ranks
 from training import LR, WD, config, make_model, micro_batch
 from zero_core._offload import cpu_param_groups, device_bytes
+
+#: NVMe offload reads and writes through zero-aio; the package's own test session installs
+#: torch and zero-core only (``nox -s tests-all`` installs zero-aio too).
+HAVE_AIO = zero_core._aio.installed()
+needs_aio = pytest.mark.skipif(not HAVE_AIO, reason="NVMe offload needs zero-aio, not installed")
 
 STEPS = 4
 SUB_GROUP = 300  # elements of a rank's shards per sub-group: several sub-groups per step
@@ -87,7 +93,7 @@ def _held_before_step(rank: int, engine: Any, step: int) -> dict[str, Any]:
     }
 
 
-def _cases(nvme: str) -> dict[str, tuple[dict, dict]]:
+def _cases(nvme: str, with_nvme: bool = True) -> dict[str, tuple[dict, dict]]:
     """name -> (config without offload, config with offload)."""
     cases = {}
     for stage in (1, 2, 3):
@@ -95,6 +101,8 @@ def _cases(nvme: str) -> dict[str, tuple[dict, dict]]:
             cases[f"cpu-stage{stage}-{dtype}"] = (stage, dtype, {"device": "cpu"}, {})
     cases["cpu-stage2-gas2-clip"] = (2, "fp32", {"device": "cpu"}, {"gas": 2, "clip": 0.05})
     nvme_block = {"device": "nvme", "nvme_path": nvme}
+    if not with_nvme:
+        return _configs(cases)
     cases["nvme-stage3-fp32"] = (3, "fp32", nvme_block, {})
     cases["nvme-stage3-bf16-pipelined"] = (
         3,
@@ -108,15 +116,26 @@ def _cases(nvme: str) -> dict[str, tuple[dict, dict]]:
         {**nvme_block, "pipeline_read": True, "pipeline_write": True, "buffer_count": 1},
         {"gas": 2, "clip": 0.05},
     )
+    return _configs(cases)
+
+
+def _configs(cases: dict[str, tuple]) -> dict[str, tuple[dict, dict]]:
     return {
         name: (_config(stage, dtype, **dict(opts)), _config(stage, dtype, block, **dict(opts)))
         for name, (stage, dtype, block, opts) in cases.items()
     }
 
 
+#: Every case, the NVMe ones skipped without zero-aio.
+CASE_NAMES = [
+    pytest.param(name, marks=needs_aio if name.startswith("nvme") else ())
+    for name in _cases("/unused")
+]
+
+
 def _all_cases(rank: int, nvme: str) -> dict[str, tuple[dict, dict]]:
     out = {}
-    for name, (plain, offloaded) in _cases(nvme).items():
+    for name, (plain, offloaded) in _cases(nvme, HAVE_AIO).items():
         out[name] = (_run(rank, plain), _run(rank, offloaded))
     return out
 
@@ -132,7 +151,7 @@ def results(nvme_dir: str) -> dict:
     return per_rank[0]
 
 
-@pytest.mark.parametrize("name", list(_cases("/unused")))
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_offload_equals_no_offload(results, name):
     plain, offloaded = results[name]
     kind = "CpuOffloadOptimizer" if name.startswith("cpu") else "NvmeOffloadOptimizer"
@@ -144,7 +163,7 @@ def test_offload_equals_no_offload(results, name):
     assert plain["losses"][-1] != plain["losses"][0]  # it trained
 
 
-@pytest.mark.parametrize("name", list(_cases("/unused")))
+@pytest.mark.parametrize("name", CASE_NAMES)
 def test_offload_keeps_the_gradient_partition_off_the_device(results, name):
     # measured with the gradients reduced, before the step: the offloaded engine's device
     # holds what the plain one does minus its fp32 gradient partitions, masters and state
@@ -175,6 +194,7 @@ def test_registry_sees_cpu_stand_ins_for_device_params():
     assert offloaded.param_groups[0]["weight_decay"] == 0.0
 
 
+@needs_aio
 def test_swap_files_removed_when_the_ranks_exit(results, nvme_dir):
     # the ranks ended without closing their optimizers: the exit handlers removed the files
     assert os.listdir(nvme_dir) == []
@@ -215,6 +235,7 @@ def _checkpoint_resume(rank: int, nvme: str, ckpt: str) -> dict[str, Any]:
     }
 
 
+@needs_aio
 def test_nvme_checkpoint_save_load_continue(tmp_path):
     nvme, ckpt = tmp_path / "nvme", tmp_path / "ckpt"
     nvme.mkdir()
@@ -310,6 +331,7 @@ def _no_fault(rank: int, nvme: str) -> dict[str, Any]:
     return {"losses": losses[3:], "weights": engine.full_state_dict(torch.float32)}
 
 
+@needs_aio
 def test_disk_full_refuses_the_step_and_keeps_the_state(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -351,6 +373,7 @@ def _all_init_errors(rank: int, missing: str, a_file: str, ok: str) -> list[str]
     ]
 
 
+@needs_aio
 def test_nvme_path_and_zero_aio_errors(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("")
@@ -367,6 +390,7 @@ def test_nvme_path_and_zero_aio_errors(tmp_path):
     assert os.listdir(tmp_path) == ["file"]  # no run directory was left behind
 
 
+@needs_aio
 def test_swap_files_removed_at_interpreter_exit(tmp_path):
     # a process that ends without deleting its engine: the atexit finalizer cleans up
     script = textwrap.dedent(
