@@ -24,9 +24,11 @@ def dataset() -> torch.utils.data.TensorDataset:
     )
 
 
-def data_engine(stage: int):
+def data_engine(stage: int, checkpoint: dict | None = None):
     torch.manual_seed(123)  # the sampler's shuffle seed is fixed; RNG is part of the state
     cfg = config(stage, gas=2, clip=0.5)
+    if checkpoint is not None:
+        cfg["checkpoint"] = checkpoint
     return zero_core.initialize(
         model=make_model(),
         optimizer=adamw,
@@ -90,6 +92,59 @@ def test_resume_after_restart_is_bitwise_exact(tmp_path, stage):
         for key, value in ref[r]["weights"].items():
             assert torch.equal(second[r]["weights"][key], value), key
     assert (tmp_path / "latest").read_text() == "global_step6"
+
+
+# -- node-local storage ----------------------------------------------------------------------
+
+NODE_LOCAL = {"use_node_local_storage": True}
+
+
+def _on_own_node(rank: int, root: str) -> str:
+    """Play one rank per node: each rank is its node's first, with its own disk (the same
+    path string on real nodes, a different directory here)."""
+    os.environ["LOCAL_RANK"] = "0"
+    return os.path.join(root, f"node{rank}")
+
+
+def node_local_first(rank: int, stage: int, root: str) -> dict:
+    directory = _on_own_node(rank, root)
+    engine, _, loader, _ = data_engine(stage, NODE_LOCAL)
+    losses = run_steps(engine, loader, 12)
+    path = engine.save_checkpoint(directory)
+    return {
+        "losses": losses,
+        "files": sorted(os.listdir(path)),
+        "dir": sorted(os.listdir(directory)),
+    }
+
+
+def node_local_second(rank: int, stage: int, root: str) -> dict:
+    directory = _on_own_node(rank, root)
+    engine, _, loader, _ = data_engine(stage, NODE_LOCAL)
+    engine.load_checkpoint(directory)
+    return {"losses": run_steps(engine, loader, 8), "weights": engine.full_state_dict()}
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_node_local_storage_keeps_a_loadable_checkpoint_on_every_node(tmp_path, stage):
+    ref = run_ranks(straight, stage)
+    first = run_ranks(node_local_first, stage, str(tmp_path))
+    second = run_ranks(node_local_second, stage, str(tmp_path))
+    for r in (0, 1):
+        # each node: the shared files, its own rank's files, nothing of the other rank
+        assert first[r]["dir"] == ["global_step6", "latest"]
+        assert "meta.pt" in first[r]["files"]
+        assert {f.split(".")[0] for f in first[r]["files"]} == {"meta", f"rank{r}"}
+        assert first[r]["losses"] + second[r]["losses"] == ref[r]["losses"]
+        for key, value in ref[r]["weights"].items():
+            assert torch.equal(second[r]["weights"][key], value), key
+    node0 = str(tmp_path / "node0")
+    if stage == 0:  # every rank's file holds the whole model: one node's copy is enough
+        state = zero_core.get_fp32_state_dict_from_zero_checkpoint(node0)
+        assert state.keys() == ref[0]["weights"].keys()
+    else:  # partitioned: the other rank's partition is on the other node
+        with pytest.raises(FileNotFoundError, match=r"rank1\.pt is not on this node: .*use_node"):
+            zero_core.get_fp32_state_dict_from_zero_checkpoint(node0)
 
 
 # -- changing the world size -----------------------------------------------------------------

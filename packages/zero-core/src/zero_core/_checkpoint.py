@@ -8,11 +8,13 @@ optimizer does not own (frozen parameters, buffers). ``save_dir/<tag>/rank<r>.pt
 rank r's partition: for every parameter it owns a shard of, the fp32 master shard, the
 optimizer state of that shard and where the shard sits in the flat parameter; plus the
 rank's RNG states, data-sampler position and loss scaler. ``save_dir/latest`` names the
-newest tag. Everything is plain tensors and containers, loaded with
-``torch.load(weights_only=True)``: a checkpoint can never run code. With the zero-aio writer
-the bulk tensors live next to each ``.pt`` file in a ``.zaio`` file (see
-[Note: the two checkpoint writers] in ``_ckpt_io``); ``meta.pt`` records which wrote it, and
-either format loads whichever writer is configured now.
+newest tag. With ``checkpoint.use_node_local_storage`` the first rank of each node writes
+``meta`` and ``latest`` (into its node's own ``save_dir``) instead of rank 0 alone.
+Everything is plain tensors and containers, loaded with ``torch.load(weights_only=True)``:
+a checkpoint can never run code. With the zero-aio writer the bulk tensors live next to
+each ``.pt`` file in a ``.zaio`` file (see [Note: the two checkpoint writers] in
+``_ckpt_io``); ``meta.pt`` records which wrote it, and either format loads whichever writer
+is configured now.
 
 [Note: never lose the last checkpoint]
 A save writes into ``save_dir/.<tag>.partial/``: each file to a temporary name, fsynced,
@@ -150,6 +152,12 @@ def _check_same_tag(tag: str, mode: str) -> None:
 # -- what is saved ---------------------------------------------------------------------------
 
 
+def _local_rank() -> int:
+    """This process's rank on its node (torchrun's ``LOCAL_RANK``; the global rank without
+    a launcher)."""
+    return int(os.environ.get("LOCAL_RANK", _dist.rank()))
+
+
 def _all_shards(engine: Any) -> list[ParamShard]:
     return [s for g in engine.shard_groups for s in g]
 
@@ -225,9 +233,13 @@ def save_checkpoint(
     writer = choose_writer(engine.config.sections)
     aio = engine.config.sections.get("aio")
     rank = _dist.rank()
+    node_local = bool(sections.get("use_node_local_storage"))
+    # The rank that writes the shared files: rank 0, or with node-local storage the first
+    # rank of every node, so each node's disk holds a loadable checkpoint of its own ranks.
+    leader = _local_rank() == 0 if node_local else rank == 0
     final = os.path.join(save_dir, tag)
     partial = os.path.join(save_dir, f".{tag}.partial")
-    if rank == 0:
+    if leader:
         os.makedirs(save_dir, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)  # what a killed save left behind
         os.makedirs(partial)
@@ -249,12 +261,13 @@ def save_checkpoint(
         ),
     }
     _write_part(per_rank, os.path.join(partial, _rank_file(rank)), writer, aio, _pull_shards)
-    if rank == 0:
+    if leader:
         inner = engine.optimizer.inner.state_dict()
         meta = {
             "format": FORMAT,
             "writer": writer,
             "world_size": _dist.world_size(),
+            "node_local": node_local,
             "stage": engine.stage,
             "dtype": str(engine.dtype).removeprefix("torch."),
             "counters": {
@@ -275,7 +288,7 @@ def save_checkpoint(
         }
         _write_part(meta, os.path.join(partial, META), writer, aio, _pull_extra)
     _barrier()
-    if rank == 0:
+    if leader:
         aside = None
         if os.path.exists(final):
             aside = os.path.join(save_dir, f".{tag}.old-{os.getpid()}")
@@ -317,9 +330,14 @@ class SavedShards:
     """The saved partitions of a checkpoint, read lazily rank by rank (``.pt`` files
     memory-mapped, ``.zaio`` files tensor by tensor)."""
 
-    def __init__(self, directory: str, world: int) -> None:
+    def __init__(self, directory: str, world: int, node_local: bool = False, home: int = 0) -> None:
         self.directory = directory
         self.world = world
+        self.node_local = node_local
+        # The rank whose file is read for what every rank's file records alike (a shard's
+        # size and state keys): this rank's own at the same world size, which node-local
+        # storage guarantees is on this node.
+        self.home = home
         self._files: dict[int, Any] = {}
         self._tensors: dict[int, Any] = {}
 
@@ -327,7 +345,15 @@ class SavedShards:
         """Rank ``r``'s saved structure (bulk tensors are ``None`` in zero-aio checkpoints:
         read them through ``flat``)."""
         if r not in self._files:
-            self._files[r] = _load(os.path.join(self.directory, _rank_file(r)))
+            path = os.path.join(self.directory, _rank_file(r))
+            if self.node_local and not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"{path} is not on this node: the checkpoint was saved with "
+                    f"checkpoint.use_node_local_storage, so each node holds only its own ranks' "
+                    f"files; load it at the same world size on the same nodes, or copy every "
+                    f"node's rank files into one directory first"
+                )
+            self._files[r] = _load(path)
             self._tensors[r] = open_tensors(self.directory, self._files[r])
         return self._files[r]
 
@@ -359,15 +385,19 @@ class SavedShards:
                 out[k] = v.dtype
         return out
 
+    def pick(self, owners: list[int]) -> int:
+        """One of ``owners`` to read a shard's common record from: ``home`` if it is one."""
+        return self.home if self.home in owners else owners[0]
+
     def owners(self, name: str, ranks: list[int] | None = None) -> list[int]:
         """The saved ranks whose files hold the shards of ``name``, in shard order. ``ranks``
         are the global ranks of the param's group (an expert's); default: the world."""
-        first = ranks[0] if ranks else 0
-        record = self.rank(first)["shards"].get(name)
+        group = ranks or list(range(self.world))
+        record = self.rank(self.pick(group))["shards"].get(name)
         if record is None:
             raise KeyError(name)
-        group = ranks or list(range(self.world))
-        return group[: record["nshards"]] if record["nshards"] > 1 else [first]
+        # a parameter saved whole is in every rank's file: read the local one
+        return group[: record["nshards"]] if record["nshards"] > 1 else [self.pick(group)]
 
     def element_range(
         self,
@@ -383,7 +413,7 @@ class SavedShards:
         copied straight into ``out`` (``end - begin`` elements) when given, which saves a
         copy of every byte on the way into the optimizer."""
         owners = self.owners(name, ranks)
-        first = self.rank(owners[0])["shards"][name]
+        first = self.rank(self.pick(owners))["shards"][name]
         size = -(-first["numel"] // first["nshards"])
         pieces = []
         for i, r in enumerate(owners):
@@ -420,7 +450,7 @@ def _load_shard(saved: SavedShards, s: ParamShard, engine: Any, with_state: bool
             saved.element_range(s.name, "master", begin, end, ranks, out=s.master[: end - begin])
     if not with_state:
         return
-    owner = saved.owners(s.name, ranks)[0]
+    owner = saved.pick(saved.owners(s.name, ranks))
     flat = saved.flat_state(owner, s.name)
     state = {}
     for k, v in saved.rank(owner)["shards"][s.name]["state"].items():
@@ -456,7 +486,9 @@ def load_checkpoint(
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     meta = load_meta(path)
-    saved = SavedShards(path, meta["world_size"])
+    same_world = meta["world_size"] == _dist.world_size()
+    home = _dist.rank() if same_world else 0
+    saved = SavedShards(path, meta["world_size"], meta.get("node_local", False), home)
     shards = _all_shards(engine)
     mine = {s.name for s in shards}
     missing = sorted(mine - set(meta["params"]))

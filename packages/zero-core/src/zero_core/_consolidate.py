@@ -89,7 +89,7 @@ def iter_fp32_state_dict(
     path = _checkpoint_path(checkpoint_dir, tag)
     meta = load_meta(path)
     store = open_tensors(path, meta)
-    saved = SavedShards(path, meta["world_size"])
+    saved = SavedShards(path, meta["world_size"], meta.get("node_local", False))
     first = saved.rank(0)["shards"]
     if any(record["expert"] for record in first.values()):
         raise NotImplementedError(
