@@ -211,8 +211,10 @@ def _swap_dirs(nvme: str, rank: int) -> list[str]:
     return glob.glob(os.path.join(nvme, "zerospeed-offload-*", f"rank{rank}"))
 
 
-def _checkpoint_resume(rank: int, nvme: str, ckpt: str) -> dict[str, Any]:
-    cfg = _nvme_config(nvme)
+def checkpoint_resume(rank: int, cfg: dict, nvme: str, ckpt: str) -> dict[str, Any]:
+    """Train 3 steps, save, train 3 more, destroy (which must remove this rank's offload
+    files and stop training); then a fresh engine loads the checkpoint and trains the same 3
+    steps. Shared with test_param_offload.py."""
     first, _, _, _ = zero_core.initialize(model=make_model(), config=cfg)
     _train(rank, first, range(3))
     first.save_checkpoint(ckpt, tag="step3")
@@ -220,7 +222,7 @@ def _checkpoint_resume(rank: int, nvme: str, ckpt: str) -> dict[str, Any]:
     unbroken = _train(rank, first, range(3, 6))
     unbroken_weights = first.full_state_dict(torch.float32)
     first.destroy()  # closes the optimizer, which deletes its swap files
-    left_after_close = _swap_dirs(nvme, rank)
+    left_after_destroy = _swap_dirs(nvme, rank)
     with pytest.raises(RuntimeError, match="were removed"):
         _train(rank, first, range(6, 7))
 
@@ -229,7 +231,7 @@ def _checkpoint_resume(rank: int, nvme: str, ckpt: str) -> dict[str, Any]:
     resumed = _train(rank, second, range(3, 6))
     return {
         "files": files_while_training,
-        "left_after_close": left_after_close,
+        "left_after_destroy": left_after_destroy,
         "unbroken": (unbroken, unbroken_weights),
         "resumed": (resumed, second.full_state_dict(torch.float32)),
     }
@@ -239,10 +241,11 @@ def _checkpoint_resume(rank: int, nvme: str, ckpt: str) -> dict[str, Any]:
 def test_nvme_checkpoint_save_load_continue(tmp_path):
     nvme, ckpt = tmp_path / "nvme", tmp_path / "ckpt"
     nvme.mkdir()
-    for out in run_ranks(_checkpoint_resume, str(nvme), str(ckpt)):
+    cfg = _nvme_config(str(nvme))
+    for out in run_ranks(checkpoint_resume, cfg, str(nvme), str(ckpt)):
         # two slot files per sub-group, and nothing left once the optimizer is closed
         assert out["files"] and all(f.rsplit(".", 1)[1] in ("0", "1") for f in out["files"])
-        assert out["left_after_close"] == []
+        assert out["left_after_destroy"] == []
         losses, weights = out["unbroken"]
         got_losses, got_weights = out["resumed"]
         assert got_losses == losses

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_offload import _DiskFullOnce, _swap_dirs, _train
+from test_offload import _DiskFullOnce, _train, checkpoint_resume
 
 import zero_core
 import zero_core._aio
@@ -228,34 +228,13 @@ def test_param_files_removed_when_the_ranks_exit(results, nvme_dir):
 # -- checkpoints --------------------------------------------------------------------------------
 
 
-def _checkpoint_resume(rank: int, nvme: str, ckpt: str) -> dict[str, Any]:
-    disk = {"device": "nvme", "nvme_path": nvme, "max_in_cpu": 0}
-    cfg = _config("bf16", disk, {"device": "cpu"})
-    first, _, _, _ = zero_core.initialize(model=make_model(), config=cfg)
-    _train(rank, first, range(3))
-    first.save_checkpoint(ckpt, tag="step3")
-    unbroken = _train(rank, first, range(3, 6))
-    unbroken_weights = first.full_state_dict(torch.float32)
-    first.destroy()  # deletes the parameter files
-    left_after_destroy = _swap_dirs(nvme, rank)
-    with pytest.raises(RuntimeError, match="were removed"):
-        _train(rank, first, range(6, 7))
-
-    second, _, _, _ = zero_core.initialize(model=make_model(seed=1), config=cfg)
-    second.load_checkpoint(ckpt, tag="step3")
-    resumed = _train(rank, second, range(3, 6))
-    return {
-        "left_after_destroy": left_after_destroy,
-        "unbroken": (unbroken, unbroken_weights),
-        "resumed": (resumed, second.full_state_dict(torch.float32)),
-    }
-
-
 @needs_aio
 def test_checkpoint_save_load_continue(tmp_path):
     nvme, ckpt = tmp_path / "nvme", tmp_path / "ckpt"
     nvme.mkdir()
-    for out in run_ranks(_checkpoint_resume, str(nvme), str(ckpt)):
+    disk = {"device": "nvme", "nvme_path": str(nvme), "max_in_cpu": 0}
+    cfg = _config("bf16", disk, {"device": "cpu"})
+    for out in run_ranks(checkpoint_resume, cfg, str(nvme), str(ckpt)):
         assert out["left_after_destroy"] == []
         losses, weights = out["unbroken"]
         got_losses, got_weights = out["resumed"]
