@@ -241,21 +241,6 @@ def test_offload_device_none_or_null_block_is_no_offload(name):
     ("block", "message"),
     [
         (
-            {"stage": 2, "offload_optimizer": {"device": "cpu", "ratio": 0.3}},
-            "zero_optimization.offload_optimizer.ratio = 0.3: a partial offload (part of the "
-            "step on the device) is not implemented; remove the key or set it to 1",
-        ),
-    ],
-    ids=["optimizer-ratio"],
-)
-def test_offload_is_not_implemented_yet(block, message):
-    assert error(block, NotImplementedError) == message
-
-
-@pytest.mark.parametrize(
-    ("block", "message"),
-    [
-        (
             {"stage": 2, "offload_param": {"device": "cpu"}},
             "zero_optimization.offload_param: parameter offload needs stage 3, but "
             "zero_optimization.stage is 2",

@@ -135,6 +135,29 @@ def test_offload_moves_states_off_the_device():
     assert stage2.cpu_per_node == max(2 * 16 * 250, 2 * 4 * 1000)
 
 
+@pytest.mark.parametrize("device", ["cpu", "nvme"])
+def test_offload_ratio_keeps_the_rest_on_the_device(device):
+    # Ψ = 1000 on 4 ranks: 250-element shards; ratio 0.3 moves ceil(75) = 75 elements'
+    # master, Adam state (12 bytes) and gradient partition (4), the other 175 stay
+    kw = dict(num_nodes=2, num_gpus_per_node=2, offload_optimizer=device)
+    est = estimate_model_states(1000, 3, offload_ratio=0.3, **kw)
+    assert (est.params, est.grads, est.optimizer) == (2 * 250, 4 * 175, 12 * 175)
+    moved = (12 * 75 if device == "cpu" else 0) + 4 * 75
+    assert (est.cpu_offload_per_node, est.nvme_per_node) == (
+        2 * moved,
+        0 if device == "cpu" else 2 * 12 * 75,
+    )
+    # a share that is not a whole number of elements rounds up: ceil(0.301 x 250) = 76
+    assert estimate_model_states(1000, 3, offload_ratio=0.301, **kw).optimizer == 12 * 174
+    # ratio 0 is the device figures of no offload, ratio 1 those of full offload
+    none = estimate_model_states(1000, 3, num_nodes=2, num_gpus_per_node=2)
+    zero = estimate_model_states(1000, 3, offload_ratio=0.0, **kw)
+    assert (zero.device, zero.cpu_offload_per_node, zero.nvme_per_node) == (none.device, 0, 0)
+    full = estimate_model_states(1000, 3, **kw)
+    assert estimate_model_states(1000, 3, offload_ratio=1, **kw) == full
+    assert full.offload_ratio == 1.0 and est.offload_ratio == 0.3
+
+
 # -- DeepSpeed's published numbers -----------------------------------------------------------
 
 # DeepSpeed's estimate_zero3_model_states_mem_needs_all_live(t5-small, 1 GPU) as printed in
@@ -213,6 +236,20 @@ def test_model_sizes_count_init_partitioned_parameters_whole():
         ({"stage": 2, "offload_param": "cpu"}, "offload_param needs ZeRO stage 3"),
         ({"offload_param": "gpu"}, "offload_param must be one of 'none', 'cpu', 'nvme'"),
         ({"largest_layer_params": 10**6}, "largest_layer_params (1000000) is more than"),
+        (
+            {"offload_optimizer": "cpu", "offload_ratio": 1.5},
+            "offload_ratio must be a number from 0 to 1 (the share of the optimizer offloaded), "
+            "got 1.5",
+        ),
+        (
+            {"offload_optimizer": "cpu", "offload_ratio": float("nan")},
+            "offload_ratio must be a number from 0 to 1",
+        ),
+        (
+            {"offload_ratio": 0.5},
+            "offload_ratio=0.5 is the share offload_optimizer moves, and offload_optimizer is "
+            "'none': pass offload_optimizer='cpu' or 'nvme', or leave offload_ratio at 1",
+        ),
     ],
     ids=lambda v: "-".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None,
 )
@@ -373,11 +410,14 @@ def nbytes(tensors: Any) -> int:
 
 
 def held(model: nn.Module, optimizer: Any) -> dict[str, int]:
-    """Bytes of model state this rank holds now, read off the engine's own tensors."""
+    """Bytes of model state this rank holds now, read off the engine's own tensors;
+    ``offloaded``: the gradient partitions, masters and state the offload optimizer holds."""
     params = list(model.parameters())
     local = [p.zs_shard.local for p in params if zero_core.is_partitioned(p)]
     state = [t for st in optimizer.inner.state.values() for t in st.values()]
     partitions = nbytes(s.grad for s in optimizer.shards)
+    away = getattr(optimizer, "offloaded", set())
+    away_state = [t for s in away for t in optimizer.inner.state.get(s.master, {}).values()]
     return {
         "params": nbytes(p.data for p in params) + nbytes(local),
         "grads": partitions + nbytes(p.grad for p in params),
@@ -385,30 +425,46 @@ def held(model: nn.Module, optimizer: Any) -> dict[str, int]:
         "masters": nbytes(optimizer.masters),
         # tensors of the parameter's size; Adam's 0-dim step counts are left out
         "state": nbytes(t for t in state if t.dim() > 0),
+        "offloaded": nbytes(s.grad for s in away)
+        + nbytes(s.master for s in away)
+        + nbytes(t for t in away_state if t.dim() > 0),
+        "offloaded_partitions": nbytes(s.grad for s in away),
     }
 
 
+# (stage, dtype, gas, model, offload_optimizer device, offload ratio)
 CASES = [
-    (stage, dtype, 1, model, None)
+    (stage, dtype, 1, model, None, 1.0)
     for model in ("even", "tiny")
     for dtype in ("fp32", "bf16")
     for stage in (0, 1, 2, 3)
 ] + [
-    (1, "bf16", 2, "even", None),
-    (2, "bf16", 2, "even", None),
-    (3, "fp32", 3, "even", None),
-    (2, "bf16", 1, "even", "cpu"),
-    (3, "bf16", 1, "even", "cpu"),
+    (1, "bf16", 2, "even", None, 1.0),
+    (2, "bf16", 2, "even", None, 1.0),
+    (3, "fp32", 3, "even", None, 1.0),
+    (2, "bf16", 1, "even", "cpu", 1.0),
+    (3, "bf16", 1, "even", "cpu", 1.0),
+    # even_model's 425-element shards in sub-groups of 128, 16, 256 and 25: 0.3 x 425 =
+    # 127.5 offloads the first (128 = ceil(127.5), the estimate's share exactly)
+    (2, "bf16", 1, "even", "cpu", 0.3),
+    (3, "fp32", 1, "even", "cpu", 0.3),
 ]
+#: sub_group_size of the offload cases: splits even_model's shards where 0.3 falls
+RATIO_SUB_GROUP = 128
 MODELS = {"even": even_model, "tiny": make_model}
 
 
-def measure(rank: int, stage: int, dtype: str, gas: int, model: str, offload: str | None):
+def measure(
+    rank: int, stage: int, dtype: str, gas: int, model: str, offload: str | None, ratio: float
+):
     model = MODELS[model]()
     sizes = [p.numel() for p in model.parameters()]
     cfg = config(stage, gas=gas, dtype=dtype, stage3_param_persistence_threshold=0)
     if offload:
-        cfg["zero_optimization"]["offload_optimizer"] = {"device": offload}
+        cfg["zero_optimization"]["offload_optimizer"] = {"device": offload, "ratio": ratio}
+        cfg["zero_optimization"]["sub_group_size"] = RATIO_SUB_GROUP
+        # torch's AdamW steps the CPU masters (DeepSpeed's check wants a CPU implementation)
+        cfg["zero_force_ds_cpu_optimizer"] = False
     engine, optimizer, *_ = zero_core.initialize(model=model, optimizer=adamw, config=cfg)
     out: dict[str, Any] = {"sizes": sizes}
     for step in range(2):
@@ -436,12 +492,13 @@ def measured() -> dict:
 
 
 def ids(case: tuple) -> str:
-    stage, dtype, gas, model, offload = case
-    return f"stage{stage}-{dtype}-gas{gas}-{model}" + (f"-offload_{offload}" if offload else "")
+    stage, dtype, gas, model, offload, ratio = case
+    name = f"stage{stage}-{dtype}-gas{gas}-{model}" + (f"-offload_{offload}" if offload else "")
+    return name + (f"-ratio{ratio}" if ratio != 1 else "")
 
 
 def _estimate(case: tuple, total: int) -> Any:
-    stage, dtype, gas, _, offload = case
+    stage, dtype, gas, _, offload, ratio = case
     return estimate_model_states(
         total,
         stage,
@@ -449,28 +506,26 @@ def _estimate(case: tuple, total: int) -> Any:
         precision=dtype,
         gradient_accumulation_steps=gas,
         offload_optimizer=offload or "none",
+        offload_ratio=ratio,
     )
 
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_memory_prediction_equals_the_bytes_the_engine_holds(measured, case):
-    stage, _, gas, model, offload = case
+    stage, _, gas, model, _, _ = case
     for rank_result in measured[case]:
         sizes, got = rank_result["sizes"], rank_result["held"]
         est = _estimate(case, sum(sizes))
-        optimizer = got["masters"] + got["state"]
-        grads = got["grads"]
-        if offload:  # masters, state and gradient partitions are the CPU's (2 ranks a node)
-            assert (est.optimizer, est.grads) == (0, 0)
-            predicted = [est.params, est.grads, est.cpu_offload_per_node // 2]
-            optimizer, grads = optimizer + got["partitions"], grads - got["partitions"]
-        else:
-            predicted = [est.params, est.grads, est.optimizer]
+        # what the offload optimizer holds (masters, state, gradient partitions) is the
+        # CPU's, 2 ranks a node; the rest is on the device
+        optimizer = got["masters"] + got["state"] - got["offloaded"] + got["offloaded_partitions"]
+        grads = got["grads"] - got["offloaded_partitions"]
+        predicted = [est.params, est.grads, est.optimizer, est.cpu_offload_per_node // 2]
         if gas > 1 and stage <= 1:
             # the estimate's bound adds the window's full gradients (checked below); at the
             # step only the fp32 partition is left
             predicted[1] -= rank_result["window"]
-        actual = [got["params"], grads, optimizer]
+        actual = [got["params"], grads, optimizer, got["offloaded"]]
         if model == "even":
             assert actual == predicted
         else:
@@ -499,7 +554,7 @@ def ring_sent(op: str, numel: int, world: int = 2) -> Fraction:
 
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_communication_prediction_equals_the_recorded_collectives(measured, case):
-    stage, dtype, gas, model, _ = case
+    stage, dtype, gas, model, _, _ = case
     for rank_result in measured[case]:
         sizes, calls = rank_result["sizes"], rank_result["calls"]
         # the small control collectives, each accounted for: a loss check per micro-step,

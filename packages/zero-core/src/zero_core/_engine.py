@@ -211,6 +211,7 @@ class ZeroEngine(nn.Module):
             scaler=scaler,
             gather_bucket_numel=int(zc.allgather_bucket_size),
             ignore_unused=zc.ignore_unused_parameters,
+            device_inner=lambda: factory(groups),  # offload_optimizer.ratio < 1
         )
         shards = [s for g in self.shard_groups for s in g]
         comm_dtype = self.config.communication_data_type or (

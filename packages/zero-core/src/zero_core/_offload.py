@@ -26,12 +26,39 @@ seen through ``inner.state`` are memory-mapped views of the files, so code that 
 (a checkpoint save) works unchanged and pages them in on demand; after anything writes to
 them (a checkpoint load), ``_write_back`` writes them to the files. State that is not a
 tensor of the master's shape (Adam's ``step``) stays in memory.
+
+[Note: partial optimizer offload]
+``offload_optimizer.ratio`` r (DeepSpeed's "ratio of parameters updating on the CPU side")
+splits this rank's sub-groups in order: a sub-group is offloaded when the sub-groups before
+it hold fewer than r x this rank's elements, so the offloaded share is at least r and less
+than r plus one sub-group; r = 0 offloads nothing, r = 1 everything. The other sub-groups
+are *kept*: their fp32 masters, optimizer state and fp32 gradient partitions live on the
+compute device, as without offload, and a second optimizer steps them there. It is built by
+the same factory over the device parameters (so the config's type resolves to its device
+implementation, as without offload) and then re-pointed at the kept masters. Both
+optimizers use one ``state`` dict (the offloaded one's), so checkpoints, ``state_dict()``
+and a scheduler see one optimizer whatever r is, and a checkpoint saved with one ratio
+loads with another. The hyperparameters a scheduler or a checkpoint load writes into the
+offloaded optimizer's param groups are copied into the device optimizer's before each step
+(the keys both have). Under CPU offload the device step is launched first, so that on an
+accelerator it runs while the CPU steps its share; under NVMe offload it runs once the
+swapped step has committed, so a refused swap leaves every state as it was.
+
+[Note: the CPU optimizer check]
+DeepSpeed refuses a client optimizer under optimizer offload unless it is its CPU Adam or
+``zero_force_ds_cpu_optimizer`` is false: a device optimizer stepping CPU tensors is slow or
+fails. zero-core applies the rule to an optimizer given to ``initialize()`` (the config has
+no ``"optimizer"`` block) without importing zero-optim: a CPU implementation is an
+optimizer whose class declares ``accepts_device_params = False``, as zero-optim's CPUAdam,
+CPUAdagrad and CPULion do (its Fused* classes declare True, torch's nothing).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import fields
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -43,7 +70,13 @@ from ._shard import ParamShard
 from ._swap import SwapFiles, make_run_dir
 from .config._sections import AioSection
 
-__all__ = ["cpu_param_groups", "device_bytes", "make_optimizer", "split_sub_groups"]
+__all__ = [
+    "cpu_param_groups",
+    "device_bytes",
+    "make_optimizer",
+    "offloaded_count",
+    "split_sub_groups",
+]
 
 
 def split_sub_groups(shards: list[ParamShard], sub_group_size: int) -> list[list[ParamShard]]:
@@ -60,6 +93,19 @@ def split_sub_groups(shards: list[ParamShard], sub_group_size: int) -> list[list
     return out
 
 
+def offloaded_count(sub_groups: list[list[ParamShard]], ratio: float) -> int:
+    """How many leading sub-groups ``ratio`` offloads: each one whose predecessors hold
+    fewer than ``ratio`` x all the elements (see [Note: partial optimizer offload]). Exact
+    arithmetic, so a ratio that lands on a sub-group boundary splits there."""
+    threshold = Fraction(ratio) * sum(s.shard_numel for sub in sub_groups for s in sub)
+    before = 0
+    for k, sub in enumerate(sub_groups):
+        if before >= threshold:
+            return k
+        before += sum(s.shard_numel for s in sub)
+    return len(sub_groups)
+
+
 def cpu_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``groups`` with every param replaced by an empty CPU stand-in: what the optimizer
     factory gets under offload, so the registry picks a type's CPU implementation (the
@@ -68,15 +114,31 @@ def cpu_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def make_optimizer(
-    config: Any, inner: torch.optim.Optimizer, groups: list[list[ParamShard]], **options: Any
+    config: Any,
+    inner: torch.optim.Optimizer,
+    groups: list[list[ParamShard]],
+    *,
+    device_inner: Callable[[], torch.optim.Optimizer] | None = None,
+    **options: Any,
 ) -> ZeroOptimizer:
     """The partitioned optimizer ``config`` asks for: offloaded or not, with the store of
     ``offload_param`` (see ``zero_core._param_offload``) when the config has one.
 
+    Args:
+        config: the engine's ``ZeroCoreConfig``.
+        inner: the optimizer over the param groups (over CPU stand-ins under optimizer
+            offload, see :func:`cpu_param_groups`).
+        groups: this rank's shards, one list per param group.
+        device_inner: builds the same optimizer over the device parameters; called once
+            when ``offload_optimizer.ratio`` < 1 keeps part of the step on the device.
+        options: passed to :class:`ZeroOptimizer`.
+
     Raises:
-        ValueError: an optimizer that communicates itself under optimizer offload; an
-            ``nvme_path`` that is missing or not writable; a stage-3 partition larger than
-            ``offload_param.buffer_size``.
+        ValueError: an optimizer that communicates itself under optimizer offload; a
+            client optimizer that is not a CPU implementation under optimizer offload while
+            ``zero_force_ds_cpu_optimizer`` is true; a ratio < 1 with an optimizer instance
+            (no second one can be built); an ``nvme_path`` that is missing or not
+            writable; a stage-3 partition larger than ``offload_param.buffer_size``.
         ImportError: NVMe offload without zero-aio installed.
     """
     zc = config.zero_optimization
@@ -86,6 +148,10 @@ def make_optimizer(
             f"{type(inner).__name__} communicates its own gradients, which optimizer offload "
             f"does not support; remove zero_optimization.offload_optimizer"
         )
+    if offload is not None and config.optimizer is None and config.zero_force_ds_cpu_optimizer:
+        _check_cpu_optimizer(inner)
+    if offload is not None and offload.ratio < 1:
+        options["device_inner"] = device_inner
     aio_options = _handle_options(config.sections.get("aio"))
     shards = [s for g in groups for s in g]
     options["param_store"] = make_param_store(config, shards, aio_options)
@@ -107,7 +173,9 @@ def _offloaded_optimizer(
 ) -> ZeroOptimizer:
     if offload is None:
         return ZeroOptimizer(inner, groups, **options)
-    common = dict(sub_group_size=int(zc.sub_group_size), pin_memory=offload.pin_memory)
+    common = dict(
+        sub_group_size=int(zc.sub_group_size), pin_memory=offload.pin_memory, ratio=offload.ratio
+    )
     if offload.device == "cpu":
         return CpuOffloadOptimizer(inner, groups, **common, **options)
     handle = _aio.aio("aio_handle")  # before anything is created: fails without zero-aio
@@ -122,6 +190,19 @@ def _offloaded_optimizer(
     return NvmeOffloadOptimizer(inner, groups, swap=swap, **common, **options)
 
 
+def _check_cpu_optimizer(inner: torch.optim.Optimizer) -> None:
+    """See [Note: the CPU optimizer check]."""
+    if getattr(inner, "accepts_device_params", True) is False:
+        return
+    raise ValueError(
+        f"zero_force_ds_cpu_optimizer: optimizer offload steps the optimizer on the CPU, and "
+        f"the optimizer passed to initialize() ({type(inner).__name__}) is not a CPU "
+        f"implementation; pass zero_optim.CPUAdam (pip install zero-optim), name the type in "
+        f"the config's 'optimizer' block instead (offload builds its CPU version), or set "
+        f'"zero_force_ds_cpu_optimizer": false to step this one on the CPU'
+    )
+
+
 def _handle_options(section: dict[str, Any] | None) -> dict[str, Any]:
     """``aio_handle`` arguments: the ``"aio"`` block over DeepSpeed's defaults for it."""
     defaults = AioSection()
@@ -133,7 +214,9 @@ def _handle_options(section: dict[str, Any] | None) -> dict[str, Any]:
 
 
 class CpuOffloadOptimizer(ZeroOptimizer):
-    """Masters and state in CPU memory; the step on the CPU, by sub-group."""
+    """Masters and state in CPU memory; the step on the CPU, by sub-group. With a ratio
+    below 1 the trailing sub-groups stay on the device (see [Note: partial optimizer
+    offload])."""
 
     def __init__(
         self,
@@ -142,34 +225,92 @@ class CpuOffloadOptimizer(ZeroOptimizer):
         *,
         sub_group_size: int,
         pin_memory: bool,
+        ratio: float = 1.0,
+        device_inner: Callable[[], torch.optim.Optimizer] | None = None,
         **options: Any,
     ) -> None:
         self.pin = pin_memory and torch.cuda.is_available()
         super().__init__(inner, groups, **options)
-        self.sub_groups = split_sub_groups(self.shards, sub_group_size)
+        every = split_sub_groups(self.shards, sub_group_size)
+        split = offloaded_count(every, ratio)
+        #: the offloaded sub-groups, stepped on the CPU one at a time
+        self.sub_groups = every[:split]
+        #: shards whose masters, state and gradient partition stay on the device
+        self.kept: list[ParamShard] = [s for sub in every[split:] for s in sub]
+        #: shards whose masters, state and gradient partition this optimizer offloads
+        self.offloaded: set[ParamShard] = {s for sub in self.sub_groups for s in sub}
+        for s in self.kept:  # built in CPU memory like the others; the device is their home
+            s.master.data = s.master.detach().to(s.param.device)
+        #: steps the kept masters on the device; None when ratio is 1
+        self.device_inner = None if ratio >= 1 else self._device_optimizer(ratio, device_inner)
         self.grad_home = self._new_grad_partition
 
     def _new_master(self, source: torch.Tensor) -> torch.Tensor:
         master = source.to("cpu", torch.float32, copy=True)
         return master.pin_memory() if self.pin else master
 
-    def _new_grad_partition(self, numel: int) -> torch.Tensor:
-        return torch.zeros(numel, dtype=torch.float32, device="cpu", pin_memory=self.pin)
+    def _new_grad_partition(self, shard: ParamShard) -> torch.Tensor:
+        if shard not in self.offloaded:
+            return torch.zeros(shard.shard_numel, dtype=torch.float32, device=shard.master.device)
+        return torch.zeros(
+            shard.shard_numel, dtype=torch.float32, device="cpu", pin_memory=self.pin
+        )
+
+    def _device_optimizer(
+        self, ratio: float, build: Callable[[], torch.optim.Optimizer] | None
+    ) -> torch.optim.Optimizer:
+        where = f"zero_optimization.offload_optimizer.ratio = {ratio}"
+        optimizer = build() if build is not None else None
+        if optimizer is None or optimizer is self.inner:
+            raise ValueError(
+                f"{where} keeps part of the step on the device, which takes a second optimizer "
+                f"built like the first, and an optimizer instance passed to initialize() "
+                f"cannot be built again: pass a callable (param groups -> optimizer) or the "
+                f"config's 'optimizer' block, or set the ratio to 1"
+            )
+        if len(optimizer.param_groups) != len(self.groups):
+            raise ValueError(
+                f"{where}: the device optimizer has {len(optimizer.param_groups)} param groups "
+                f"and the offloaded one {len(self.groups)}; the optimizer factory must build "
+                f"one group per group it is given"
+            )
+        for group, shards in zip(optimizer.param_groups, self.groups):
+            group["params"] = [s.master for s in shards if s not in self.offloaded]
+        optimizer.state = self.inner.state
+        return optimizer
 
     def _attach_grads(self, sub: list[ParamShard], unused: set[ParamShard]) -> None:
         for s in sub:
             if s not in unused and s.grad is not None:
-                s.master.grad = s.grad  # already in CPU memory (see grad_home)
+                s.master.grad = s.grad  # where the master is (see grad_home)
 
-    def _step_sub_group(self, sub: list[ParamShard], unused: set[ParamShard]) -> None:
+    def _step_sub_group(
+        self,
+        sub: list[ParamShard],
+        unused: set[ParamShard],
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        """Step ``sub``'s masters only (``optimizer``, default the offloaded one, skips
+        the others: they have no ``.grad``)."""
         self._attach_grads(sub, unused)
         try:
-            self.inner.step()
+            (self.inner if optimizer is None else optimizer).step()
         finally:
             for s in sub:
                 s.master.grad = None
 
+    def _step_on_device(self, unused: set[ParamShard]) -> None:
+        """The kept masters' update, by the device optimizer with the offloaded one's
+        current hyperparameters and (possibly reloaded) state dict."""
+        if self.device_inner is None:
+            return
+        for source, group in zip(self.inner.param_groups, self.device_inner.param_groups):
+            group.update({k: v for k, v in source.items() if k != "params" and k in group})
+        self.device_inner.state = self.inner.state  # a load_state_dict() replaces the dict
+        self._step_sub_group(self.kept, unused, self.device_inner)
+
     def _update(self, unused: set[ParamShard]) -> dict[ParamShard, torch.Tensor] | None:
+        self._step_on_device(unused)
         for sub in self.sub_groups:
             self._step_sub_group(sub, unused)
         return None
@@ -256,6 +397,7 @@ class NvmeOffloadOptimizer(CpuOffloadOptimizer):
             return self._pack(layout)
 
         self._transaction(update, new_layouts)
+        self._step_on_device(unused)
         return new_weights
 
     def _write_back(self) -> None:
@@ -282,7 +424,7 @@ class NvmeOffloadOptimizer(CpuOffloadOptimizer):
                 for k, v in self._state_of(s).items()
                 if (id(s), k) not in in_files
             }
-            for s in self.shards
+            for s in self.offloaded  # the device's share steps after the commit
         }
         try:
             self.swap.step(update)
@@ -304,11 +446,12 @@ def device_bytes(engine: Any) -> int:
     parameter data (whole small params, and any stage-3 param still gathered) and buffers;
     stage-3 partitions (``shard.local``) unless ``offload_param`` holds them; full
     ``.grad``; the fp32 gradient partitions, the fp32 masters, their ``.grad`` and the
-    optimizer state tensors unless ``offload_optimizer`` holds them. On a CPU-only machine the
-    device is the CPU, so what is offloaded is told by who owns it, not by its device.
+    optimizer state tensors unless ``offload_optimizer`` holds them (with a ratio below 1,
+    the kept sub-groups' are counted). On a CPU-only machine the device is the CPU, so what
+    is offloaded is told by who owns it, not by its device.
     """
     opt = engine.optimizer
-    opt_offloaded = isinstance(opt, CpuOffloadOptimizer)
+    offloaded = opt.offloaded if isinstance(opt, CpuOffloadOptimizer) else set()
     tensors: list[torch.Tensor | None] = [p.data for p in engine.module.parameters()]
     tensors += [p.grad for p in engine.module.parameters()]
     tensors += list(engine.module.buffers())
@@ -317,14 +460,17 @@ def device_bytes(engine: Any) -> int:
         if getattr(p, "zs_shard", None) is not None:
             shards.setdefault(id(p.zs_shard), p.zs_shard)
     for s in shards.values():
-        if not opt_offloaded:  # else the partition is in the optimizer's CPU memory
-            tensors.append(s.grad)
         if s.store is None:
             tensors.append(s.local)
-        if s.master is not None and not opt_offloaded:
-            tensors += [s.master, s.master.grad]
-    if opt is not None and not opt_offloaded:
-        tensors += [v for st in opt.inner.state.values() for v in st.values() if torch.is_tensor(v)]
+        if s not in offloaded:  # else they are in the offload optimizer's memory
+            tensors.append(s.grad)
+            if s.master is not None:
+                tensors += [s.master, s.master.grad]
+    if opt is not None:
+        away = {id(s.master) for s in offloaded}
+        for key, state in opt.inner.state.items():
+            if id(key) not in away:
+                tensors += [v for v in state.values() if torch.is_tensor(v)]
     seen: dict[int, int] = {}
     for t in tensors:
         if t is not None and t.numel():

@@ -54,9 +54,9 @@ class ZeroOptimizer:
         self.inner = inner
         #: ``offload_param``'s store, where the stage-3 partitions live (see _param_offload)
         self.param_store = param_store
-        #: allocates an fp32 gradient partition off the compute device, where this optimizer
-        #: owns it (optimizer offload); None: the reducer keeps the partitions on the device
-        self.grad_home: Callable[[int], torch.Tensor] | None = None
+        #: allocates a shard's fp32 gradient partition where this optimizer owns it (off the
+        #: device under optimizer offload); None: the reducer keeps them on the device
+        self.grad_home: Callable[[ParamShard], torch.Tensor] | None = None
         self.groups = groups
         self.direct = direct
         self.clip = clip

@@ -41,7 +41,7 @@ class GradReducer:
         prescale: bool,
         predivide: float,
         communicate: bool = True,
-        grad_home: Callable[[int], torch.Tensor] | None = None,
+        grad_home: Callable[[ParamShard], torch.Tensor] | None = None,
     ) -> None:
         self.buckets: list[Bucket] = make_buckets(list(reversed(shards)), bucket_numel)
         self.where: dict[int, Bucket] = {}
@@ -55,7 +55,8 @@ class GradReducer:
         #: False for optimizers that communicate themselves (1-bit Adam, ...): gradients stay
         #: this rank's own, only moved into place
         self.communicate = communicate
-        #: allocates the (zeroed) fp32 partitions away from the device; None: on the device
+        #: allocates a shard's (zeroed) fp32 partition where the optimizer keeps it; None:
+        #: on the device
         self.grad_home = grad_home
         self.active = False
         self._waiting: list[int] = []
@@ -170,6 +171,6 @@ class GradReducer:
             shard.grad = (
                 torch.zeros(numel, dtype=torch.float32)
                 if self.grad_home is None
-                else self.grad_home(numel)
+                else self.grad_home(shard)
             )
         return shard.grad

@@ -30,7 +30,6 @@ amp enabled                                error with fp16/bf16 or ZeRO stage > 
                                            NotImplementedError
 sparse_gradients true                      NotImplementedError
 fp16.fp16_master_weights_and_grads true    NotImplementedError
-zero_optimization.offload_optimizer.ratio  NotImplementedError below 1
 zero_quantized_weights / _gradients /      NotImplementedError when true
 _nontrainable_weights, elastic_checkpoint,
 mics_hierarchical_params_gather

@@ -105,8 +105,8 @@ class ZeroCoreConfig:
     """DeepSpeed: allow a client optimizer with ZeRO. zero-core partitions any
     ``torch.optim.Optimizer``, so this changes nothing; accepted for compatibility."""
     zero_force_ds_cpu_optimizer: bool = True
-    """DeepSpeed: insist on its CPU Adam under optimizer offload. Only matters with
-    offload; accepted for compatibility."""
+    """Under optimizer offload, refuse an optimizer passed to ``initialize()`` that is not a
+    CPU implementation (zero-optim's CPUAdam and friends); false uses it anyway."""
     world_size: int = option(1, internal=True)
     """Data-parallel ranks the batch sizes were resolved for (not a JSON key)."""
     sections: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=meta(internal=True))

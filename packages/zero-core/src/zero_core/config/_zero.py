@@ -43,7 +43,9 @@ class OffloadOptimizerConfig:
     pin_memory: bool = False
     """Use page-locked CPU memory (faster copies, more memory)."""
     ratio: float = option(1.0, ge=0.0, le=1.0)
-    """Fraction of the parameters whose optimizer step runs on the CPU."""
+    """Fraction of this rank's optimizer sub-groups (by elements, in order) offloaded; the
+    rest keep their masters, state and gradients on the device and step there. 0 offloads
+    nothing, 1 everything."""
     buffer_count: int = option(4, ge=1)
     """Buffers in the pool used to swap optimizer state from NVMe (at least the number of
     state tensors per parameter: 4 for Adam)."""
@@ -197,15 +199,9 @@ def refuse_zero(zero: ZeroConfig) -> None:
     """Raise for ZeRO settings zero-core does not implement (yet).
 
     Raises:
-        NotImplementedError: an optimizer offload ``ratio`` below 1, ZeRO++ (hpZ,
-            quantized weights or gradients), MiCS, elastic checkpoints.
+        NotImplementedError: ZeRO++ (hpZ, quantized weights or gradients), MiCS, elastic
+            checkpoints.
     """
-    ratio = zero.offload_optimizer.ratio if zero.offload_optimizer is not None else 1.0
-    if ratio != 1.0:
-        raise NotImplementedError(
-            f"zero_optimization.offload_optimizer.ratio = {ratio}: a partial offload (part "
-            f"of the step on the device) is not implemented; remove the key or set it to 1"
-        )
     refused = (
         ("elastic_checkpoint", zero.elastic_checkpoint, "elastic checkpoints"),
         ("zero_hpz_partition_size", zero.zero_hpz_partition_size > 1, "ZeRO++ hpZ partitioning"),

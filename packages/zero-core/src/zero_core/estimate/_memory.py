@@ -43,7 +43,11 @@ Offload (``zero_optimization.offload_optimizer`` / ``offload_param``) moves stat
 device as zero-core's offload does (see [Note: optimizer offload] in ``zero_core._offload``):
 ``offload_optimizer`` moves the fp32 masters and the optimizer state to CPU memory
 (``"cpu"``, stages 1-3) or to NVMe (``"nvme"``, stage 3), and the fp32 gradient partition
-(4Ψ/Nd) to CPU memory in both cases, as DeepSpeed does. ``offload_param`` (stage 3) moves
+(4Ψ/Nd) to CPU memory in both cases, as DeepSpeed does. With ``offload_ratio`` r < 1
+(``offload_optimizer.ratio``) it moves ``ceil(r x Ψ/Nd)`` elements' worth of these and
+the rest stay on the device; zero-core splits at a sub-group boundary (see [Note: partial
+optimizer offload] in ``zero_core._offload``), so it moves up to one sub-group
+(``sub_group_size`` elements) more than the estimate. ``offload_param`` (stage 3) moves
 the weight shards, as DeepSpeed does. A node holds what its GPUs' ranks offload. Before
 training, each process of a node builds the model on CPU in fp32 (4Ψ), or, under
 ``zero_core.Init`` at stage 3, one layer at a time (4 x the largest layer); the node's CPU
@@ -62,7 +66,9 @@ while the estimate counts ``ceil(Ψ / Nd)`` per rank. The DeepSpeed-named functi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from ._common import DEVICES, Device, Precision, check_choice, check_whole, make_job
 
@@ -83,6 +89,8 @@ class ModelStatesEstimate:
     precision: str
     offload_optimizer: str
     offload_param: str
+    #: the share of the optimizer's elements offloaded (1 without optimizer offload)
+    offload_ratio: float
     #: compute weights on the device (the shard at stage 3)
     params: int
     #: gradients on the device: the fp32 partition (in CPU memory under optimizer
@@ -125,6 +133,7 @@ def estimate_model_states(
     precision: Precision = "bf16",
     offload_optimizer: Device = "none",
     offload_param: Device = "none",
+    offload_ratio: float = 1.0,
     largest_layer_params: float = 0,
     zero_init: bool = True,
     gradient_accumulation_steps: int = 1,
@@ -140,6 +149,9 @@ def estimate_model_states(
         precision: ``"bf16"`` or ``"fp16"`` (16-bit weights, fp32 masters), or ``"fp32"``.
         offload_optimizer: ``"none"``, ``"cpu"`` (stages 1-3) or ``"nvme"`` (stage 3).
         offload_param: ``"none"``, ``"cpu"`` or ``"nvme"`` (stage 3 only).
+        offload_ratio: ``offload_optimizer.ratio``: the share of each rank's masters,
+            optimizer state and gradient partition that ``offload_optimizer`` moves, from 0
+            to 1; the rest stays on the device.
         largest_layer_params: the parameters of the largest module (its own, not its
             children's); sizes the stage-3 working set and ``Init`` loading.
         zero_init: stage 3: the model is built under ``zero_core.Init``.
@@ -151,8 +163,9 @@ def estimate_model_states(
         The bytes per device, per node in CPU memory, and per node on NVMe.
 
     Raises:
-        ValueError: a count out of range, an unknown precision or device, or an offload
-            the stage does not support.
+        ValueError: a count out of range, an unknown precision or device, an offload
+            the stage does not support, or an ``offload_ratio`` outside [0, 1] or without
+            ``offload_optimizer``.
     """
     job = make_job(
         total_params, stage, num_gpus_per_node, num_nodes, precision, gradient_accumulation_steps
@@ -174,6 +187,7 @@ def estimate_model_states(
             f"offload_param needs ZeRO stage 3 (only stage 3 partitions the weights); got "
             f"stage {job.stage}: use offload_param='none' or stage 3"
         )
+    ratio = _check_ratio(offload_ratio, offload_optimizer)
     largest = check_whole(
         "largest_layer_params",
         largest_layer_params,
@@ -203,12 +217,15 @@ def estimate_model_states(
     working = 2 * p * largest if job.stage == 3 else 0
 
     cpu = nvme = 0
-    if offload_optimizer != "none":  # the gradient partition goes to CPU memory either way
-        cpu, partition = cpu + partition, 0
-    if offload_optimizer == "cpu":
-        cpu, optimizer = cpu + optimizer, 0
-    elif offload_optimizer == "nvme":
-        nvme, optimizer = nvme + optimizer, 0
+    if offload_optimizer != "none":  # offload runs from stage 1: the state is partitioned
+        moved = math.ceil(Fraction(ratio) * job.shard)
+        kept = job.shard - moved
+        cpu += _FP32 * moved  # the gradient partition goes to CPU memory either way
+        if offload_optimizer == "cpu":
+            cpu += (masters + state) * moved
+        else:
+            nvme += (masters + state) * moved
+        partition, optimizer = _FP32 * kept, (masters + state) * kept
     if offload_param == "cpu":
         cpu, weights = cpu + weights, 0
     elif offload_param == "nvme":
@@ -220,6 +237,7 @@ def estimate_model_states(
         precision=job.precision,
         offload_optimizer=offload_optimizer,
         offload_param=offload_param,
+        offload_ratio=ratio,
         params=weights,
         grads=partition + window,
         optimizer=optimizer,
@@ -228,3 +246,18 @@ def estimate_model_states(
         cpu_load_per_node=gpus * _FP32 * built_whole,
         nvme_per_node=gpus * nvme,
     )
+
+
+def _check_ratio(ratio: object, offload_optimizer: str) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
+        raise ValueError(
+            f"offload_ratio must be a number from 0 to 1 (the share of the optimizer "
+            f"offloaded), got {ratio!r}"
+        )
+    if ratio != 1 and offload_optimizer == "none":
+        raise ValueError(
+            f"offload_ratio={ratio!r} is the share offload_optimizer moves, and "
+            f"offload_optimizer is 'none': pass offload_optimizer='cpu' or 'nvme', or leave "
+            f"offload_ratio at 1"
+        )
+    return float(ratio)
