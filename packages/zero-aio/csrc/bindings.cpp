@@ -13,7 +13,7 @@
 #include "checksum.hpp"
 #include "engine.hpp"
 #include "handle.hpp"
-#include "locked.hpp"
+#include "host_buffer.hpp"
 
 namespace py = pybind11;
 using zero_aio::Backend;
@@ -109,6 +109,8 @@ PYBIND11_MODULE(_C, m) {
         return zero_aio::crc32c_parallel(reinterpret_cast<const void*>(addr), nbytes, threads);
       },
       py::arg("addr"), py::arg("nbytes"), py::arg("threads"));
+  m.def("crc32c_combine", &zero_aio::crc32c_combine, py::arg("crc_a"), py::arg("crc_b"),
+        py::arg("len_b"));
   m.def("crc32c_implementation", &zero_aio::crc32c_implementation);
 
   py::class_<Handle>(m, "Handle")
@@ -148,11 +150,12 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("backend",
                              [](const Handle& h) { return zero_aio::backend_name(h.config().backend); });
 
-  py::class_<zero_aio::LockedBuffer>(m, "LockedBuffer", py::buffer_protocol())
-      .def(py::init<std::size_t>(), py::arg("nbytes"))
-      .def_property_readonly("locked", &zero_aio::LockedBuffer::locked)
-      .def_property_readonly("nbytes", &zero_aio::LockedBuffer::size)
-      .def_buffer([](zero_aio::LockedBuffer& b) {
+  py::class_<zero_aio::HostBuffer>(m, "HostBuffer", py::buffer_protocol())
+      .def(py::init<std::size_t, bool>(), py::arg("nbytes"), py::arg("lock"))
+      .def_property_readonly("locked", &zero_aio::HostBuffer::locked)
+      .def_property_readonly("huge_pages_advised", &zero_aio::HostBuffer::huge_pages_advised)
+      .def_property_readonly("nbytes", &zero_aio::HostBuffer::size)
+      .def_buffer([](zero_aio::HostBuffer& b) {
         return py::buffer_info(b.data(), 1, py::format_descriptor<unsigned char>::format(), 1,
                                {static_cast<py::ssize_t>(b.size())}, {py::ssize_t{1}});
       });

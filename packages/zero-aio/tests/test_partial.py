@@ -9,7 +9,7 @@ import torch
 from test_format import flip_byte, some_tensors
 
 import zero_aio
-from zero_aio._partial import load_tensors
+from zero_aio import load_tensors
 
 
 def test_each_subset_equals_load(tmp_path, backend):

@@ -21,8 +21,8 @@ from ``D``, ``crc32c`` is the CRC-32C (Castagnoli, as ``zero_aio.crc32c``) of th
 zeros (or are holes). Tensors smaller than 64 KiB come first, packed at 64-byte alignment,
 and go to disk with the index in one request; each larger tensor starts at a file offset
 congruent to its memory address modulo 4096, so its bulk moves with O_DIRECT straight from
-the caller's memory (no staging copy), and on load the whole data region is read in one
-request into one page-aligned buffer whose slices are the returned tensors.
+the caller's memory (no staging copy); a reader that allocates each tensor at the same
+position within a page reads it back the same way (see ``_read``).
 
 [Note: never a half file]
 ``save`` writes to a temporary name in the destination directory, waits for every request,
@@ -45,14 +45,14 @@ from typing import Any, NamedTuple
 import torch
 
 from . import _C
-from ._handle import aio_handle
+from ._handle import aio_handle, default_handle, default_threads
+from ._memory import PAGE, host_bytes
 
-__all__ = ["ChecksumError", "TensorEntry", "crc32c", "load", "read_index", "save"]
+__all__ = ["ChecksumError", "TensorEntry", "crc32c", "read_index", "save"]
 
 MAGIC = b"ZEROAIO\0"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<8sIIQ")
-PAGE = 4096
 SMALL_TENSOR_BYTES = 64 * 1024
 _SMALL_ALIGN = 64
 #: The largest index zero-aio will read (a sanity bound against a corrupt length field).
@@ -83,10 +83,6 @@ class TensorEntry(NamedTuple):
     crc32c: int
 
 
-def _default_threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
 def crc32c(buffer: object, threads: int | None = None) -> int:
     """CRC-32C (Castagnoli) of a contiguous tensor's or buffer's bytes, as stored by ``save``.
 
@@ -96,7 +92,7 @@ def crc32c(buffer: object, threads: int | None = None) -> int:
     from ._native import as_buffer
 
     buf = as_buffer(buffer, for_read=False)
-    return _crc(buf.address, buf.nbytes, threads or _default_threads())
+    return _crc(buf.address, buf.nbytes, threads or default_threads())
 
 
 def _crc(address: int, nbytes: int, threads: int) -> int:
@@ -105,20 +101,6 @@ def _crc(address: int, nbytes: int, threads: int) -> int:
 
 def _align(n: int, to: int) -> int:
     return (n + to - 1) // to * to
-
-
-def _aligned_bytes(nbytes: int, pin_memory: bool = False) -> torch.Tensor:
-    """A uint8 CPU tensor of ``nbytes`` starting on a page boundary (pinned if asked)."""
-    if pin_memory:
-        if torch.cuda.is_available():  # CUDA's pinned allocator hands out whole pages
-            t = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True)
-            if t.data_ptr() % PAGE == 0:
-                return t[:nbytes]
-        owner = _C.LockedBuffer(max(nbytes, 1))
-        return torch.frombuffer(owner, dtype=torch.uint8)[:nbytes]
-    raw = torch.empty(nbytes + PAGE, dtype=torch.uint8)
-    skip = (-raw.data_ptr()) % PAGE
-    return raw[skip : skip + nbytes]
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -199,10 +181,11 @@ def save(
 
     Each tensor is saved by value (views and device tensors as contiguous host copies;
     tensors sharing memory are stored separately). ``metadata`` is a small str -> str map
-    kept in the index. ``handle`` is the ``aio_handle`` to write with (default: the best
-    available backend, 1 MiB requests, up to 8 threads); ``save`` waits on it, so it must
-    have no operations of its own queued. Raises ``OSError`` naming the path on any failure,
-    leaving nothing behind (see [Note: never a half file]).
+    kept in the index. ``handle`` is the ``aio_handle`` to write with (default: this thread's
+    shared one: the best available backend, 1 MiB requests, queue depth 32, up to 8
+    threads); ``save`` waits on it, so it must have no operations of its own queued.
+    Raises ``OSError`` naming the path on any failure, leaving nothing behind (see [Note:
+    never a half file]).
     """
     path = os.fsdecode(os.fspath(path))
     meta = dict(metadata or {})
@@ -217,7 +200,7 @@ def save(
         raise IsADirectoryError(errno.EISDIR, "cannot save over a directory", path)
 
     offsets, _ = _layout(items)
-    threads = _default_threads()
+    threads = default_threads()
     entries = [
         {
             "name": name,
@@ -236,7 +219,7 @@ def save(
     small = [(t, data_start + off) for (_, t), off in zip(items, offsets) if _is_small(t)]
     large = [(t, data_start + off) for (_, t), off in zip(items, offsets) if not _is_small(t)]
     first_end = max((at + _nbytes(t) for t, at in small), default=data_start)
-    first = _aligned_bytes(first_end)
+    first = host_bytes(first_end)
     first.zero_()
     head = _PREFIX.pack(MAGIC, FORMAT_VERSION, _crc_of_bytes(index), len(index)) + index
     first[: len(head)] = torch.frombuffer(bytearray(head), dtype=torch.uint8)
@@ -247,7 +230,7 @@ def save(
 
     name = os.path.basename(path)
     tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    h = handle if handle is not None else _default_handle(threads)
+    h = handle if handle is not None else default_handle()
     try:
         try:
             h.async_pwrite(first, tmp, file_offset=0)
@@ -269,10 +252,6 @@ def save(
 
 def _is_small(t: torch.Tensor) -> bool:
     return _nbytes(t) < SMALL_TENSOR_BYTES
-
-
-def _default_handle(threads: int) -> aio_handle:
-    return aio_handle(queue_depth=32, intra_op_parallelism=threads)
 
 
 def _read_index_json(path: str) -> tuple[dict[str, Any], int]:
@@ -336,49 +315,3 @@ def read_index(path: str | os.PathLike) -> tuple[list[TensorEntry], dict[str, st
             )
         entries.append(TensorEntry(e["name"], dtype, shape, offset, nbytes, int(e["crc32c"])))
     return entries, dict(index["metadata"])
-
-
-def load(
-    path: str | os.PathLike,
-    *,
-    pin_memory: bool = False,
-    verify: bool = True,
-    handle: aio_handle | None = None,
-) -> dict[str, torch.Tensor]:
-    """Read a file written by ``save``: ``{name: tensor}`` in the saved order.
-
-    The data region is read in one request into one page-aligned buffer (page-locked when
-    ``pin_memory``; CUDA-pinned when CUDA is available) and the tensors are views into it:
-    no copy after the read; the buffer lives as long as any of them. ``verify`` checks every
-    tensor's CRC-32C and raises ``ChecksumError`` (naming the tensor, offset and path) on a
-    mismatch. A file shorter than its index says raises ``OSError`` with errno ``ENODATA``.
-    """
-    path = os.fsdecode(os.fspath(path))
-    entries, _ = read_index(path)
-    data_start = min((e.offset for e in entries), default=0)
-    data_start = data_start - data_start % PAGE
-    end = max((e.offset + e.nbytes for e in entries), default=data_start)
-    region = _aligned_bytes(end - data_start, pin_memory)
-    if region.numel():
-        h = handle if handle is not None else _default_handle(_default_threads())
-        h.sync_pread(region, path, file_offset=data_start)
-    out: dict[str, torch.Tensor] = {}
-    threads = _default_threads()
-    base = region.data_ptr()
-    for e in entries:
-        rel = e.offset - data_start
-        if verify:
-            got = _crc(base + rel, e.nbytes, threads)
-            if got != e.crc32c:
-                raise ChecksumError(
-                    f"checksum mismatch in tensor {e.name!r} ({e.nbytes} bytes at offset "
-                    f"{e.offset}): stored {e.crc32c:08x}, computed {got:08x}; the file is corrupt",
-                    path,
-                    e.name,
-                    e.offset,
-                )
-        if e.nbytes == 0:
-            out[e.name] = torch.empty(e.shape, dtype=e.dtype)
-        else:
-            out[e.name] = region[rel : rel + e.nbytes].view(e.dtype).view(e.shape)
-    return out

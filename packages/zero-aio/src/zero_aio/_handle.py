@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ import torch
 from . import _C
 from ._native import Buffer, as_buffer, backends, default_backend
 
-__all__ = ["aio_handle"]
+__all__ = ["aio_handle", "default_handle", "default_threads"]
 
 PathLike = str | os.PathLike
 
@@ -230,12 +231,14 @@ class aio_handle:  # noqa: N801 - DeepSpeed's name
     def new_cpu_locked_tensor(self, numel: int, example_tensor: torch.Tensor) -> torch.Tensor:
         """A 1-D CPU tensor of ``numel`` elements of ``example_tensor.dtype`` in page-aligned,
         mlock-ed (when RLIMIT_MEMLOCK allows) memory, zero-filled; its memory lives as long
-        as the tensor or any view of it does."""
+        as the tensor or any view of it does. From 2 MiB on it is backed by transparent huge
+        pages where the kernel has them, so each request is one physical segment (see
+        [Note: huge pages for I/O buffers] in csrc/host_buffer.hpp)."""
         if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
             raise ValueError(f"numel must be a non-negative int, got {numel!r}")
         dtype = example_tensor.dtype
         nbytes = numel * torch.empty(0, dtype=dtype).element_size()
-        owner = _C.LockedBuffer(nbytes)
+        owner = _C.HostBuffer(nbytes, lock=True)
         if numel == 0:
             return torch.empty(0, dtype=dtype)
         tensor = torch.frombuffer(owner, dtype=dtype, count=numel)
@@ -246,8 +249,36 @@ class aio_handle:  # noqa: N801 - DeepSpeed's name
         """Drop the handle's reference to a tensor from ``new_cpu_locked_tensor``.
 
         The memory is unlocked and freed when the last tensor over it is gone, never under a
-        live tensor (see csrc/locked.hpp). Raises if ``tensor`` did not come from this handle.
+        live tensor (see csrc/host_buffer.hpp). Raises if ``tensor`` did not come from this handle.
         """
         if self._locked.pop(tensor.data_ptr(), None) is None and tensor.numel():
             raise ValueError("tensor was not allocated by this handle's new_cpu_locked_tensor")
         return True
+
+
+def default_threads() -> int:
+    """Worker threads of the default handle (and of checksums): the CPUs, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+_local = threading.local()
+#: Handles inherited through fork: their worker threads do not exist in the child, so they
+#: are kept here, never destroyed (destroying one would join threads that are not there).
+_orphans: list[aio_handle] = []
+
+
+def default_handle() -> aio_handle:
+    """The handle ``save`` and the loaders use when given none, made once per thread.
+
+    Making a handle sets up a queue and starts threads per call, a fixed cost that dominated
+    small transfers. One per thread, because ``wait()`` takes every operation queued on a
+    handle, so two threads must not share one; remade in a forked child.
+    """
+    h = getattr(_local, "handle", None)
+    if h is not None and _local.pid == os.getpid():
+        return h
+    if h is not None:
+        _orphans.append(h)
+    _local.handle = h = aio_handle(queue_depth=32, intra_op_parallelism=default_threads())
+    _local.pid = os.getpid()
+    return h

@@ -12,6 +12,8 @@ from being resized under the I/O.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, NamedTuple
 
 import torch
@@ -45,8 +47,17 @@ def backends() -> dict[str, BackendInfo]:
     ``threads`` is always built. ``libaio`` and ``io_uring`` are built when their headers were
     found at build time (``apt install libaio-dev liburing-dev``, then reinstall); io_uring
     can still be refused at run time (containers often block it with seccomp). ``gds`` is
-    listed so its absence is explicit: there is no GDS backend yet.
+    listed so its absence is explicit: there is no GDS backend yet. The kernel is asked once
+    per process (probing sets up a queue and a thread of every backend, which every
+    ``aio_handle()`` would otherwise pay for again).
     """
+    return dict(_probe(os.getpid()))
+
+
+@functools.lru_cache(maxsize=1)
+def _probe(pid: int) -> dict[str, BackendInfo]:
+    """The native probe, cached per process (a forked child asks again)."""
+    del pid  # the cache key only
     return {name: BackendInfo(*info) for name, info in _C.backends().items()}
 
 
