@@ -1,5 +1,5 @@
-"""fp16 overflow handling, per-rank memory of each stage, stage-3 prefetch and collective
-timeouts, on 2 gloo ranks."""
+"""fp16 overflow handling, per-rank memory of each stage, stage-3 prefetch (forward and
+backward), gradient buckets under overlap_comm and collective timeouts, on 2 gloo ranks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from torch import nn
 import zero_core
 from harness import run_ranks
 from training import adamw, config, micro_batch, train_ranks
-from zero_core import _stage3
+from zero_core import _reducer, _stage3
+from zero_core._reducer import GradReducer
+from zero_core._shard import ParamShard
 
 
 def fp16_overflow(rank: int) -> list:
@@ -148,19 +150,32 @@ def prefetching(rank: int, bucket: int) -> list:
         later = list(model[2].parameters())
         ahead.append(all(_stage3.is_available(p) or id(p) in _stage3._PENDING for p in later))
 
+    def look_back(module, grad_output):
+        earlier = list(model[0].parameters())
+        behind.append(all(_stage3.is_available(p) or id(p) in _stage3._PENDING for p in earlier))
+
+    behind = []
     model[0].register_forward_hook(look_ahead)
+    model[2].register_full_backward_pre_hook(look_back)
     for _ in range(3):
         x = torch.randn(4, 16)
         engine.backward(engine(x).square().mean())
         engine.step()
-    return ahead
+    return ahead, behind
 
 
 @pytest.mark.parametrize(("bucket", "expected"), [(10_000, [False, True, True]), (0, [False] * 3)])
 def test_stage3_prefetches_the_next_modules_after_the_first_step(bucket, expected):
     # the first forward records the module order; later ones start gathering module 2's
     # params while module 0 runs, within stage3_prefetch_bucket_size elements
-    assert run_ranks(prefetching, bucket)[0] == expected
+    assert run_ranks(prefetching, bucket)[0][0] == expected
+
+
+@pytest.mark.parametrize(("bucket", "expected"), [(10_000, [True] * 3), (0, [False] * 3)])
+def test_stage3_backward_prefetches_the_modules_before_the_current_one(bucket, expected):
+    # backward meets the modules in reverse: when module 2's backward begins, module 0's
+    # params are already gathering (from the first step on: the trace is recorded by then)
+    assert run_ranks(prefetching, bucket)[0][1] == expected
 
 
 # -- a rank that does not show up -------------------------------------------------------------
@@ -183,3 +198,49 @@ def test_a_missing_rank_is_an_error_naming_rank_and_op_not_a_hang():
     r0, r1 = run_ranks(absent_rank, pg_timeout=4, timeout=120)
     assert r1 == "slept"
     assert r0.startswith("rank 0 of 2: all_reduce(MAX) of 1 x torch.float32 failed")
+
+
+# -- gradient buckets under overlap_comm ------------------------------------------------------
+
+
+def test_overlap_comm_cuts_a_bucket_larger_than_the_model_into_eighths():
+    # DeepSpeed's default reduce_bucket_size (5e8) exceeds this 16M-element model: without
+    # the cut there would be one bucket and nothing to overlap (see _reducer's Note)
+    params = [nn.Parameter(torch.zeros(1 << 20)) for _ in range(16)]
+    shards = [ParamShard(p, f"p{i}", 1, 0) for i, p in enumerate(params)]
+
+    def sizes(overlap: bool, bucket: int) -> list[int]:
+        reducer = GradReducer(shards, bucket, torch.float32, overlap, False, 1.0)
+        return [sum(s.numel for s in b.shards) for b in reducer.buckets]
+
+    assert sizes(True, 500_000_000) == [2 << 20] * 8
+    assert sizes(False, 500_000_000) == [16 << 20]
+    assert sizes(True, 1 << 20) == [1 << 20] * 16  # a smaller configured bucket still rules
+    small = [ParamShard(nn.Parameter(torch.zeros(1000)), f"q{i}", 1, 0) for i in range(16)]
+    reducer = GradReducer(small, 500_000_000, torch.float32, True, False, 1.0)
+    assert len(reducer.buckets) == 1  # under 2**20 elements in all: not worth cutting
+
+
+def in_flight(rank: int) -> tuple[int, int]:
+    torch.manual_seed(0)
+    model = nn.Sequential(*(nn.Linear(16, 16) for _ in range(6)))
+    cfg = config(2, overlap_comm=True, reduce_bucket_size=300)
+    engine, *_ = zero_core.initialize(model=model, optimizer=adamw, config=cfg)
+    most = 0
+    launch = engine.reducer._launch
+
+    def counting(bucket):
+        nonlocal most
+        launch(bucket)
+        most = max(most, len(engine.reducer._inflight))
+
+    engine.reducer._launch = counting
+    x = torch.randn(4, 16)
+    engine.backward(engine(x).square().mean())
+    engine.step()
+    return most, len(engine.reducer.buckets)
+
+
+def test_overlap_comm_keeps_at_most_two_reductions_in_flight():
+    most, buckets = run_ranks(in_flight)[0]
+    assert buckets == 6 and most == _reducer.MAX_IN_FLIGHT

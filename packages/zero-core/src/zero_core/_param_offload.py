@@ -5,9 +5,9 @@ between uses.
 At stage 3 every partitioned parameter's ``shard.local`` (this rank's partition, in the
 compute dtype) normally stays on the device. Under ``offload_param`` a *store* owns it
 instead, and ``shard.store`` points at that store. The gather path asks the store for a
-device copy of the partition just before the all-gather (``fetch``); the forward prefetch
-fetches upcoming partitions early, together with their gathers, and with NVMe reads them
-ahead (``read_ahead``) into the pinned buffer pool. After the optimizer step the new
+device copy of the partition just before the all-gather (``fetch``); the prefetch (forward
+and backward) fetches upcoming partitions early, together with their gathers, and with NVMe
+reads them ahead (``read_ahead``) into the pinned buffer pool. After the optimizer step the new
 partitions go back through the store (``write_back``), never into a device tensor. So
 between uses no partition occupies device memory; the gathered full parameter is released
 after use as without offload.

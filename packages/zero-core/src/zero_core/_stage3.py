@@ -17,9 +17,12 @@ the reducer), and whatever is still gathered when backward ends (frozen paramete
 released then. Forward hooks do not release during backward, so activation checkpointing's
 recomputation finds its parameters whole. Gathers go in module execution order, the same
 on every rank; with ``prefetch_numel > 0`` the next modules' gathers (in the order recorded
-on the first step) are started asynchronously so they overlap with compute. Under
-``offload_param`` each gather first fetches the partitions from their store, so a prefetch
-fetches early too (see [Note: parameter offload] in ``zero_core._param_offload``).
+on the first forward) are started asynchronously so they overlap with compute: in forward
+the modules after the current one, in backward the ones before it (backward meets the
+modules in reverse), each time up to ``prefetch_numel`` elements not yet whole or in
+flight. Under ``offload_param`` each gather first fetches the partitions from their store,
+so a prefetch fetches early too, and the partitions beyond the prefetch window are read
+ahead in the same order (see [Note: parameter offload] in ``zero_core._param_offload``).
 """
 
 from __future__ import annotations
@@ -147,6 +150,8 @@ def _set_local(s: ParamShard, value: torch.Tensor) -> None:
 
 #: prefetches in flight, by id(param)
 _PENDING: dict[int, _PendingGather] = {}
+#: modules smaller than this (elements) share one prefetch all-gather with the next ones
+PREFETCH_CHUNK = 1 << 18
 
 
 def _start(params: Iterable[nn.Parameter], async_op: bool) -> list[_PendingGather]:
@@ -225,6 +230,7 @@ class Stage3Runtime:
         self.trace: list[nn.Module] | None = None
         self._recording: list[nn.Module] = []
         self._position = 0
+        self._back_position = 0
         self.in_backward = False
         self.handles: list[Any] = []
         #: modules currently inside their forward that use each param (by id): a param is
@@ -269,49 +275,95 @@ class Stage3Runtime:
                 self._position = trace.index(module, self._position)
             except ValueError:
                 return
+        self._position += 1
+        self._prefetch(trace[self._position :])
+
+    def _prefetch_before(self, module: nn.Module) -> None:
+        """Backward twin of ``_prefetch_after``: the modules before ``module`` in the trace,
+        nearest first, are the ones whose backward comes next."""
+        trace = self.trace
+        here = min(self._back_position, len(trace) - 1)
+        while here >= 0 and trace[here] is not module:
+            here -= 1
+        if here < 0:  # not where we expected (a module not in the trace ran): look again
+            here = len(trace) - 1
+            while here >= 0 and trace[here] is not module:
+                here -= 1
+            if here < 0:
+                return
+        # a module's output hook fires once per output tensor: stay on it until another
+        # module's backward begins
+        self._back_position = here
+        self._prefetch(trace[here - 1 :: -1] if here > 0 else [], trainable_only=True)
+
+    def _prefetch(self, modules: list[nn.Module], trainable_only: bool = False) -> None:
+        """Prefetch the params of ``modules``, in that order, up to prefetch_numel elements
+        (counting those already in flight); under NVMe offload, read the partitions of all of
+        them ahead as buffers allow.
+
+        Each module's params (small modules merged with the following ones up to
+        ``PREFETCH_CHUNK`` elements) are one all-gather of their own: the next module then
+        waits for its own parameters only, not for the whole window."""
         budget = self.prefetch_numel
         upcoming: list[nn.Parameter] = []
-        later_params = (p for later in trace[self._position + 1 :] for p in _module_params(later))
-        for p in later_params:
-            if not is_available(p) and id(p) not in _PENDING:
+        chunks: list[list[nn.Parameter]] = [[]]
+        chunk_numel = 0
+        for m in modules:
+            for p in _module_params(m):
+                if trainable_only and not p.requires_grad:
+                    continue  # backward regathers only modules with trainable params
+                if is_available(p):
+                    continue
                 budget -= p.zs_shard.numel
                 if budget < 0:
                     break
-                upcoming.append(p)
-        self._position += 1
+                if id(p) not in _PENDING:
+                    upcoming.append(p)
+                    chunks[-1].append(p)
+                    chunk_numel += p.zs_shard.numel
+            if budget < 0:
+                break
+            if chunk_numel >= PREFETCH_CHUNK:
+                chunks.append([])
+                chunk_numel = 0
         # NVMe offload: the prefetched partitions are read in parallel, and the ones after
         # them start reading while this module computes
         stores = {id(p.zs_shard.store): p.zs_shard.store for p in upcoming if p.zs_shard.store}
         for store in stores.values():
             store.read_ahead(
                 p.zs_shard
-                for later in trace[self._position :]
-                for p in _module_params(later)
+                for m in modules
+                for p in _module_params(m)
                 if not is_available(p) and id(p) not in _PENDING
             )
-        prefetch(upcoming)
+        for chunk in chunks:
+            prefetch(chunk)
 
     def end_forward(self) -> None:
         """The model's forward has returned: the first one fixes the prefetch trace."""
         if self.trace is None and self._recording:
             self.trace = self._recording
         self._position = 0
+        self._back_position = len(self.trace) - 1 if self.trace else 0
 
     def _post_forward(self, module: nn.Module, inputs: Any, output: Any) -> None:
         params = _module_params(module)
         for p in params:
             self.holders[id(p)] -= 1
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            regather = functools.partial(self._before_module_backward, params)
+            regather = functools.partial(self._before_module_backward, module, params)
             for t in _tensors(output):
                 if t.requires_grad:
                     t.register_hook(regather)
         if not self.in_backward:
             release(p for p in params if not self.holders[id(p)])
 
-    @staticmethod
-    def _before_module_backward(params: list[nn.Parameter], grad: torch.Tensor) -> None:
+    def _before_module_backward(
+        self, module: nn.Module, params: list[nn.Parameter], grad: torch.Tensor
+    ) -> None:
         gather(params)
+        if self.in_backward and self.trace is not None and self.prefetch_numel > 0:
+            self._prefetch_before(module)
 
     def after_grad(self, param: nn.Parameter) -> None:
         """The gradient of ``param`` is accumulated and handed on: its data can go."""
