@@ -9,6 +9,7 @@ from onebit_harness import run_ranks
 from zero_optim.onebit import (
     CommGroup,
     CompressedAllreduce,
+    _signs,
     compress,
     decompress,
     pack_signs,
@@ -53,6 +54,39 @@ def test_pack_signs_matches_the_bit_layout_and_round_trips(n):
     assert packed.dtype == torch.uint8 and packed.numel() == n // 8
     assert packed.tolist() == reference_pack(positive.tolist())
     assert torch.equal(unpack_signs(packed), positive)
+
+
+def test_pack_signs_of_an_unaligned_view_matches_the_reference():
+    # A view starting 3 bools into its storage cannot be read as int64 words in place.
+    positive = (torch.rand(1 + 3 + 64, generator=torch.Generator().manual_seed(1)) < 0.5)[3:-1]
+    assert positive.storage_offset() % 8
+    assert pack_signs(positive).tolist() == reference_pack(positive.tolist())
+
+
+def test_big_endian_fold_reverses_to_the_reference():
+    # On a big-endian host element 0 of a word is its high byte: emulate that memory order by
+    # swapping each word's bytes, then check the fold plus the reversal table.
+    positive = torch.rand(256, generator=torch.Generator().manual_seed(2)) < 0.5
+    swapped = positive.view(torch.uint8).view(-1, 8).flip(1).contiguous().view(torch.int64)
+    folded = _signs._fold_words(swapped.view(-1))
+    restored = _signs._table("reverse", torch.device("cpu"))[folded.int()]
+    assert restored.tolist() == reference_pack(positive.tolist())
+
+
+@pytest.mark.parametrize("n", [8, 2048])
+def test_decompress_matches_the_reference_with_and_without_a_buffer(n):
+    gen = torch.Generator().manual_seed(n)
+    rows = torch.randn(4, n, generator=gen)
+    rows[0, :3] = 0.0  # sign(0) = +1, also for -0.0
+    rows[1, :2] = -0.0
+    packed, scales = compress(rows)
+    expected = torch.tensor([reference_compress(r) for r in rows.tolist()])
+    decoded = decompress(packed, scales)
+    assert torch.equal(decoded.sign(), expected.sign())  # the signs exactly
+    torch.testing.assert_close(decoded, expected, rtol=1e-6, atol=0)  # fp32 vs float64 scale
+    buffer = torch.full((4 * n,), float("nan"))
+    assert torch.equal(decompress(packed, scales, out=buffer), decoded)
+    assert torch.equal(buffer.view(4, n), decoded)  # decoded in place, nothing left over
 
 
 @pytest.mark.parametrize(
@@ -109,6 +143,11 @@ def _collective_checks(rank: int) -> dict:
         if t in (1, 10, 40, 400):
             out["running"][t] = total / t
     out["y"] = y
+    # 4. Pieces of a tensor, given one after the other, are averaged as the whole tensor is.
+    z = torch.randn(1000)
+    whole, pieces = CompressedAllreduce(1000, comm), CompressedAllreduce(1000, comm)
+    out["whole"] = [whole(z) for _ in range(3)]
+    out["pieces"] = [pieces([z[:1], z[1:300], z[300:]]) for _ in range(3)]
     return out
 
 
@@ -131,3 +170,4 @@ def test_compressed_allreduce_on_two_ranks():
     assert rel[1] > 0.3  # one call alone is a coarse (1-bit) estimate ...
     assert rel[40] < rel[10] / 3 < rel[1] / 6  # ... which error feedback refines (about 1/t)
     assert rel[400] < rel[40] / 5 and rel[400] < 0.02, rel
+    assert all(torch.equal(a, b) for a, b in zip(r0["whole"], r0["pieces"]))

@@ -29,6 +29,8 @@ All ranks end with bit-identical results, so state updated from them stays in sy
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ._comm import CommGroup
@@ -72,26 +74,43 @@ class CompressedAllreduce:
         self.chunk = -(-max(numel, 1) // (block_size * world)) * block_size  # floats per rank
         self.worker_error = torch.zeros(world * self.chunk, device=device)  # 1D, padded input
         self.server_error = torch.zeros(self.chunk, device=device)  # 1D, this rank's chunk
+        # Scratch every call reuses: decoded values (the worker's, then the received chunks,
+        # then the server's, each consumed before the next is decoded), and the next server
+        # error (swapped with server_error after each call).
+        self._decoded = torch.empty(world * self.chunk, device=device)  # 1D
+        self._spare = torch.empty(self.chunk, device=device)  # 1D
 
-    def __call__(self, flat: torch.Tensor) -> torch.Tensor:
-        """The compressed mean over ranks of ``flat`` (1D, ``numel`` floats), as fp32."""
-        if flat.dim() != 1 or flat.numel() != self.numel:
+    def __call__(self, flat: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """The compressed mean over ranks of ``flat``, as fp32.
+
+        Args:
+            flat: 1D tensor of ``numel`` floats, or a sequence of 1D tensors whose elements,
+                one after the other, are those ``numel`` floats (they are added into the
+                error buffer piece by piece, so nothing is concatenated).
+        """
+        parts = [flat] if isinstance(flat, torch.Tensor) else list(flat)
+        if any(t.dim() != 1 for t in parts) or sum(t.numel() for t in parts) != self.numel:
+            shapes = [tuple(t.shape) for t in parts]
             raise ValueError(
-                f"expected a 1D tensor of {self.numel} elements, got shape {tuple(flat.shape)}"
+                f"expected 1D tensors of {self.numel} elements in all, got shapes {shapes}"
             )
         world, chunk, block = self.world, self.chunk, self.block
-        x = self.worker_error.clone()
-        x[: self.numel].add_(flat)
+        x = self.worker_error  # becomes input + error, then the new error, in place
+        offset = 0
+        for t in parts:
+            x[offset : offset + t.numel()].add_(t)
+            offset += t.numel()
         packed, scales = compress(x.view(-1, block))
-        self.worker_error = x.sub_(decompress(packed, scales).view(-1))
+        x.sub_(decompress(packed, scales, out=self._decoded).view(-1))
 
         recv_signs = self.comm.all_to_all(packed.view(world, chunk // 8))
         recv_scales = self.comm.all_to_all(scales.view(world, chunk // block))
-        mine = decompress(recv_signs.view(-1), recv_scales.view(-1)).view(world, chunk)
-        y = mine.mean(dim=0).add_(self.server_error)
+        mine = decompress(recv_signs.view(-1), recv_scales.view(-1), out=self._decoded)
+        y = torch.mean(mine.view(world, chunk), dim=0, out=self._spare).add_(self.server_error)
 
         server_packed, server_scales = compress(y.view(-1, block))
-        self.server_error = y.sub_(decompress(server_packed, server_scales).view(-1))
+        y.sub_(decompress(server_packed, server_scales, out=self._decoded[:chunk]).view(-1))
+        self._spare, self.server_error = self.server_error, y
 
         all_signs = self.comm.all_gather(server_packed)
         all_scales = self.comm.all_gather(server_scales)
