@@ -24,68 +24,9 @@ from typing import Any
 
 import torch
 
-from ._base import OnebitOptimizer, check_positive_int
+from ._base import Found, OnebitOptimizer, adam_denom, adamw_update, check_positive_int
 
-__all__ = ["OnebitAdam", "adam_denom", "adam_state", "adamw_update", "adamw_warmup_step"]
-
-
-def adam_state(state: dict[str, Any], p: torch.Tensor) -> None:
-    """Create torch's Adam state for ``p`` if it has none."""
-    if not state:
-        state["step"] = torch.tensor(0.0)
-        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-
-def adam_denom(group: dict[str, Any], v: torch.Tensor, var_step: float) -> torch.Tensor:
-    """``sqrt(v / c2) + eps`` (or ``sqrt(v / c2 + eps)``) as torch's single-tensor Adam
-    computes it, ``c2`` the bias correction after ``var_step`` variance updates."""
-    beta2, eps = group["betas"][1], group["eps"]
-    c2 = 1 - beta2**var_step if group["bias_correction"] else 1.0
-    if group.get("eps_inside_sqrt", False):
-        return (v / c2).add_(eps).sqrt_()
-    return (v.sqrt() / c2**0.5).add_(eps)
-
-
-def adamw_update(
-    group: dict[str, Any], p: torch.Tensor, m: torch.Tensor, denom: torch.Tensor, step: float
-) -> None:
-    """``p = p * (1 - lr * wd) - lr / c1 * m / denom`` in torch AdamW's order of ops."""
-    lr, wd, beta1 = group["lr"], group["weight_decay"], group["betas"][0]
-    if wd != 0:
-        p.mul_(1 - lr * wd)
-    c1 = 1 - beta1**step if group["bias_correction"] else 1.0
-    p.addcdiv_(m, denom, value=-(lr / c1))
-
-
-def adamw_warmup_step(
-    group: dict[str, Any], p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], var_step: float
-) -> None:
-    """A full AdamW step on the averaged gradient ``g``, in the order of
-    ``torch.optim.AdamW(foreach=False)``'s ops (``state["step"]`` already counts it)."""
-    if group["weight_decay"] != 0:
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-    beta1, beta2 = group["betas"]
-    state["exp_avg"].lerp_(g, 1 - beta1)
-    state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    step = state["step"].item()
-    denom = adam_denom(group, state["exp_avg_sq"], var_step)
-    c1 = 1 - beta1**step if group["bias_correction"] else 1.0
-    p.addcdiv_(state["exp_avg"], denom, value=-(group["lr"] / c1))
-
-
-def clip_by_group(
-    found: list[tuple[dict[str, Any], torch.Tensor, Any]], grads: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """Each group's grads scaled to a joint L2 norm of at most its ``max_grad_norm``."""
-    out = list(grads)
-    for group in {id(g): g for g, _, _ in found}.values():
-        if group.get("max_grad_norm", 0) > 0:
-            idx = [i for i, (g, _, _) in enumerate(found) if g is group]
-            clipped = OnebitOptimizer._clip([out[i] for i in idx], group["max_grad_norm"])
-            for i, c in zip(idx, clipped):
-                out[i] = c
-    return out
+__all__ = ["OnebitAdam"]
 
 
 class OnebitAdam(OnebitOptimizer):
@@ -138,18 +79,15 @@ class OnebitAdam(OnebitOptimizer):
         comm_backend_name: str = "nccl",
     ) -> None:
         self.freeze_step = check_positive_int("freeze_step", freeze_step)
-        defaults = {
-            "lr": lr,
-            "bias_correction": bias_correction,
-            "betas": betas,
-            "eps": eps,
-            "eps_inside_sqrt": eps_inside_sqrt,
-            "weight_decay": weight_decay,
-            "max_grad_norm": max_grad_norm,
-        }
         super().__init__(
             params,
-            defaults,
+            lr=lr,
+            bias_correction=bias_correction,
+            betas=betas,
+            eps=eps,
+            eps_inside_sqrt=eps_inside_sqrt,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
             amsgrad=amsgrad,
             cuda_aware=cuda_aware,
             comm_backend_name=comm_backend_name,
@@ -160,28 +98,14 @@ class OnebitAdam(OnebitOptimizer):
         """True once warm-up is over (the next step communicates 1-bit)."""
         return self.onebit_step >= self.freeze_step
 
-    def _step(self, found: list[Any]) -> None:
-        warmup = self.onebit_step <= self.freeze_step
-        grads = [p.grad for _, p, _ in found]
-        if warmup:
-            grads = self._average(grads)
-        grads = clip_by_group(found, grads)
-        for (group, p, _), g in zip(found, grads):
-            state = self.state[p]
-            adam_state(state, p)
-            state["step"] += 1
-            if warmup:
-                adamw_warmup_step(group, p, g, state, state["step"].item())
-            else:
-                state["exp_avg"].lerp_(g, 1 - group["betas"][0])
-        if warmup:
+    def _step(self, found: Found) -> None:
+        if self.onebit_step <= self.freeze_step:
+            self._adamw_warmup(found)
             return
-        momenta = [self.state[p]["exp_avg"] for _, p, _ in found]
-        layout = tuple(key for _, _, key in found)
-        for m, avg in zip(momenta, self._compressed_average(momenta, layout)):
-            m.copy_(avg)
+        self._onebit_momentum(found)
         for group, p, _ in found:
             state = self.state[p]
             step = state["step"].item()
-            denom = adam_denom(group, state["exp_avg_sq"], min(step, self.freeze_step))
+            v = state["exp_avg_sq"]
+            denom = adam_denom(group, v, min(step, self.freeze_step), self.scratch_like(p))
             adamw_update(group, p, state["exp_avg"], denom, step)

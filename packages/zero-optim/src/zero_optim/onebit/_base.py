@@ -1,4 +1,5 @@
-"""What the three 1-bit optimizers share: arguments, their own communication, state dicts.
+"""What the three 1-bit optimizers share: arguments, the pieces of a step (full-precision
+AdamW warm-up, 1-bit momentum, Adam's denominator), their own communication, state dicts.
 
 [Note: the optimizer communicates, not the engine]
 A 1-bit optimizer is handed each rank's *local* gradients and does all the data-parallel
@@ -22,9 +23,19 @@ from .._validate import check_betas, check_nonnegative, refuse_amsgrad
 from ._collective import CompressedAllreduce
 from ._comm import CommCounter, CommGroup
 
-__all__ = ["OnebitOptimizer", "check_positive_int"]
+__all__ = [
+    "Found",
+    "OnebitOptimizer",
+    "adam_denom",
+    "adamw_update",
+    "bias_correction1",
+    "check_positive_int",
+]
 
 _EXTRA_KEY = "onebit"
+
+Found = list[tuple[dict[str, Any], torch.Tensor, tuple[int, int]]]
+"""``(group, param, (group index, param index))`` of each param with a gradient."""
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -36,8 +47,40 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
+def adam_denom(
+    group: dict[str, Any], v: torch.Tensor, var_step: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``sqrt(v / c2) + eps`` (or ``sqrt(v / c2 + eps)``) as torch's single-tensor Adam
+    computes it, ``c2`` the bias correction after ``var_step`` variance updates; written
+    into ``out`` when given (a scratch buffer, so a step allocates nothing)."""
+    beta2, eps = group["betas"][1], group["eps"]
+    c2 = 1 - beta2**var_step if group["bias_correction"] else 1.0
+    if group["eps_inside_sqrt"]:
+        return torch.div(v, c2, out=out).add_(eps).sqrt_()
+    return torch.sqrt(v, out=out).div_(c2**0.5).add_(eps)
+
+
+def adamw_update(
+    group: dict[str, Any], p: torch.Tensor, m: torch.Tensor, denom: torch.Tensor, step: float
+) -> None:
+    """``p = p * (1 - lr * wd) - lr / c1 * m / denom`` in torch AdamW's order of ops."""
+    if group["weight_decay"] != 0:
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+    p.addcdiv_(m, denom, value=-(group["lr"] / bias_correction1(group, step)))
+
+
+def bias_correction1(group: dict[str, Any], step: float) -> float:
+    """Adam's ``c1 = 1 - beta1^step`` (1 without ``bias_correction``)."""
+    return 1 - group["betas"][0] ** step if group["bias_correction"] else 1.0
+
+
 class OnebitOptimizer(torch.optim.Optimizer):
     """Base of :class:`OnebitAdam`, :class:`ZeroOneAdam` and :class:`OnebitLamb`.
+
+    It holds what they share: the arguments every one of them takes, the step skeleton
+    (which params step, the gradients they step on, the per-param state), the two ways of
+    averaging over ranks, the 1-bit momentum step and the state dict. A subclass supplies
+    ``_step`` (its phases) and may override ``_init_state`` and ``_update_momentum``.
 
     See [Note: the optimizer communicates, not the engine].
     """
@@ -51,31 +94,39 @@ class OnebitOptimizer(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        defaults: dict[str, Any],
         *,
+        lr: float,
+        bias_correction: bool,
+        betas: tuple[float, float],
+        eps: float,
+        eps_inside_sqrt: bool,
+        weight_decay: float,
+        max_grad_norm: float,
         amsgrad: bool,
         cuda_aware: bool,
         comm_backend_name: str,
+        extra_defaults: dict[str, Any] | None = None,
     ) -> None:
-        name = type(self).__name__
-        refuse_amsgrad(amsgrad, name, "pass amsgrad=False")
+        refuse_amsgrad(amsgrad, type(self).__name__, "pass amsgrad=False")
         if not isinstance(cuda_aware, bool):
             raise TypeError(f"cuda_aware must be true or false, got {cuda_aware!r}")
-        for key in ("lr", "eps", "weight_decay", "max_grad_norm"):
-            if key in defaults:
-                defaults[key] = check_nonnegative(key, defaults[key])
-        if "betas" in defaults:
-            defaults["betas"] = check_betas(defaults["betas"])
-        if "bias_correction" in defaults:
-            defaults["bias_correction"] = bool(defaults["bias_correction"])
-        if "eps_inside_sqrt" in defaults:
-            defaults["eps_inside_sqrt"] = bool(defaults["eps_inside_sqrt"])
+        defaults = {
+            "lr": check_nonnegative("lr", lr),
+            "bias_correction": bool(bias_correction),
+            "betas": check_betas(betas),
+            "eps": check_nonnegative("eps", eps),
+            "eps_inside_sqrt": bool(eps_inside_sqrt),
+            "weight_decay": check_nonnegative("weight_decay", weight_decay),
+            "max_grad_norm": check_nonnegative("max_grad_norm", max_grad_norm),
+            **(extra_defaults or {}),
+        }
         self.comm = CommGroup(comm_backend_name, cuda_aware)
         super().__init__(params, defaults)
         self.onebit_step = 0  # steps taken by this optimizer (all params step together)
         self._compressor: CompressedAllreduce | None = None
         self._layout: tuple[tuple[int, int], ...] = ()
         self._pending_errors: dict[str, Any] | None = None
+        self._scratch = torch.empty(0)  # 1D, reused by ``scratch_like``
 
     @property
     def comm_counter(self) -> CommCounter:
@@ -95,14 +146,100 @@ class OnebitOptimizer(torch.optim.Optimizer):
             self._step(found)
         return loss
 
-    def _step(self, found: list[tuple[dict[str, Any], torch.Tensor, tuple[int, int]]]) -> None:
-        """The update of step ``self.onebit_step`` (counted from 1) for ``found``:
-        ``(group, param, (group index, param index))`` of each param with a gradient."""
+    def _step(self, found: Found) -> None:
+        """The update of step ``self.onebit_step`` (counted from 1) for ``found``."""
         raise NotImplementedError
 
-    # ---- params and gradients -------------------------------------------------------------
+    # ---- the pieces a step is made of ------------------------------------------------------
 
-    def _params_with_grads(self) -> list[tuple[dict[str, Any], torch.Tensor, tuple[int, int]]]:
+    def _init_state(self, state: dict[str, Any], p: torch.Tensor) -> None:
+        """Create torch's Adam state for ``p`` if it has none."""
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _begin(self, found: Found) -> list[dict[str, Any]]:
+        """Each param's state, created if new, with its step count advanced."""
+        states = []
+        for _, p, _ in found:
+            state = self.state[p]
+            self._init_state(state, p)
+            state["step"] += 1
+            states.append(state)
+        return states
+
+    @staticmethod
+    def _update_momentum(m: torch.Tensor, g: torch.Tensor, beta1: float) -> None:
+        """``m = beta1 * m + (1 - beta1) * g`` in torch Adam's op."""
+        m.lerp_(g, 1 - beta1)
+
+    def _gradients(self, found: Found, averaged: bool) -> list[torch.Tensor]:
+        """The gradients a step uses: averaged over ranks in fp32 (``averaged``) or this
+        rank's own, then each group's scaled to a joint L2 norm of at most its
+        ``max_grad_norm`` (when > 0). ``p.grad`` is not modified."""
+        grads = [p.grad for _, p, _ in found]
+        if averaged:
+            grads = self._average(grads)
+        out = list(grads)
+        for group in {id(g): g for g, _, _ in found}.values():
+            if group.get("max_grad_norm", 0) > 0:
+                idx = [i for i, (g, _, _) in enumerate(found) if g is group]
+                clipped = self._clip([out[i] for i in idx], group["max_grad_norm"])
+                for i, c in zip(idx, clipped):
+                    out[i] = c
+        return out
+
+    def _adamw_warmup(self, found: Found, var_step: str = "step") -> None:
+        """A full-precision AdamW step on the gradients averaged over ranks, op for op as
+        ``torch.optim.AdamW(foreach=False)`` computes it. The variance's bias correction
+        counts ``state[var_step]`` updates (advanced here unless it is ``"step"``)."""
+        grads = self._gradients(found, averaged=True)
+        for (group, p, _), g, state in zip(found, grads, self._begin(found)):
+            if var_step != "step":
+                state[var_step] += 1
+            if group["weight_decay"] != 0:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+            beta1, beta2 = group["betas"]
+            self._update_momentum(state["exp_avg"], g, beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            v = state["exp_avg_sq"]
+            denom = adam_denom(group, v, float(state[var_step]), self.scratch_like(p))
+            step = state["step"].item()
+            p.addcdiv_(
+                state["exp_avg"], denom, value=-(group["lr"] / bias_correction1(group, step))
+            )
+
+    def _onebit_momentum(self, found: Found, tag: tuple[tuple[int, int], ...] = ()) -> None:
+        """1-bit Adam's communication: each rank moves its momentum with its own gradient,
+        then every rank's momentum becomes the compressed mean of all of them
+        ([Note: compressed allreduce]); ``tag`` keeps the error buffers of different
+        quantities apart."""
+        grads = self._gradients(found, averaged=False)
+        momenta = []
+        for (group, _, _), g, state in zip(found, grads, self._begin(found)):
+            self._update_momentum(state["exp_avg"], g, group["betas"][0])
+            momenta.append(state["exp_avg"])
+        layout = (*tag, *(key for _, _, key in found))
+        for m, avg in zip(momenta, self._compressed_average(momenta, layout)):
+            m.copy_(avg)
+
+    def scratch_like(self, p: torch.Tensor) -> torch.Tensor:
+        """A buffer shaped like ``p`` whose contents are undefined and which the next call
+        reuses: room for one temporary (a denominator) without allocating it every step."""
+        if (
+            self._scratch.numel() < p.numel()
+            or self._scratch.dtype != p.dtype
+            or (self._scratch.device != p.device)
+        ):
+            self._scratch = torch.empty(
+                max(p.numel(), self._scratch.numel()), dtype=p.dtype, device=p.device
+            )
+        return self._scratch[: p.numel()].view_as(p)
+
+    # ---- params, gradients and communication ----------------------------------------------
+
+    def _params_with_grads(self) -> Found:
         found = []
         for gi, group in enumerate(self.param_groups):
             for pi, p in enumerate(group["params"]):
@@ -130,17 +267,17 @@ class OnebitOptimizer(torch.optim.Optimizer):
         rank, where there is nothing to communicate."""
         if self.comm.world_size == 1 or not tensors:
             return [t.clone() for t in tensors]
-        flat = torch.cat([t.reshape(-1).float() for t in tensors])
         if self._compressor is None or layout != self._layout:
             # A new set of params: error buffers of another layout mean nothing for it.
-            self._compressor = CompressedAllreduce(flat.numel(), self.comm, flat.device)
+            numel = sum(t.numel() for t in tensors)
+            self._compressor = CompressedAllreduce(numel, self.comm, tensors[0].device)
             self._layout = layout
             if self._pending_errors is not None and tuple(
                 map(tuple, self._pending_errors["layout"])
             ) == tuple(layout):
                 self._compressor.load_state_dict(self._pending_errors["errors"])
             self._pending_errors = None
-        return self._split(self._compressor(flat), tensors)
+        return self._split(self._compressor([t.reshape(-1) for t in tensors]), tensors)
 
     @staticmethod
     def _split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -31,8 +31,7 @@ from typing import Any
 import torch
 
 from .._validate import check_nonnegative
-from ._adam import clip_by_group
-from ._base import OnebitOptimizer, check_positive_int
+from ._base import Found, OnebitOptimizer, bias_correction1, check_positive_int
 
 __all__ = ["OnebitLamb"]
 
@@ -41,13 +40,14 @@ def _norm(tensor: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(tensor, dtype=torch.float32)
 
 
-def _denom(group: dict[str, Any], v: torch.Tensor, c2: float) -> torch.Tensor:
+def _denom(group: dict[str, Any], v: torch.Tensor, var_step: float) -> torch.Tensor:
+    """``sqrt(v / c2) + eps`` (or ``sqrt(v / c2 + eps)``) in FusedLamb's order of ops, ``c2``
+    the bias correction after ``var_step`` variance updates."""
+    c2 = 1 - group["betas"][1] ** var_step if group["bias_correction"] else 1.0
     v_hat = v / c2
-    return (
-        v_hat.add_(group["eps"]).sqrt_()
-        if group["eps_inside_sqrt"]
-        else v_hat.sqrt_().add_(group["eps"])
-    )
+    if group["eps_inside_sqrt"]:
+        return v_hat.add_(group["eps"]).sqrt_()
+    return v_hat.sqrt_().add_(group["eps"])
 
 
 class OnebitLamb(OnebitOptimizer):
@@ -119,27 +119,26 @@ class OnebitLamb(OnebitOptimizer):
                 f"factor_max={factor_max}"
             )
         factor_threshold = check_nonnegative("factor_threshold", factor_threshold)
-        defaults = {
-            "lr": lr,
-            "bias_correction": bias_correction,
-            "betas": betas,
-            "eps": eps,
-            "eps_inside_sqrt": eps_inside_sqrt,
-            "weight_decay": weight_decay,
-            "max_grad_norm": max_grad_norm,
-            "max_coeff": max_coeff,
-            "min_coeff": min_coeff,
-            "coeff_beta": coeff_beta,
-            "factor_max": factor_max,
-            "factor_min": factor_min,
-            "factor_threshold": factor_threshold,
-        }
         super().__init__(
             params,
-            defaults,
+            lr=lr,
+            bias_correction=bias_correction,
+            betas=betas,
+            eps=eps,
+            eps_inside_sqrt=eps_inside_sqrt,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
             amsgrad=amsgrad,
             cuda_aware=cuda_aware,
             comm_backend_name=comm_backend_name,
+            extra_defaults={
+                "max_coeff": max_coeff,
+                "min_coeff": min_coeff,
+                "coeff_beta": coeff_beta,
+                "factor_max": factor_max,
+                "factor_min": factor_min,
+                "factor_threshold": factor_threshold,
+            },
         )
         self.lamb_coeffs: list[torch.Tensor] = []
 
@@ -152,43 +151,35 @@ class OnebitLamb(OnebitOptimizer):
         """The trust ratios of the latest step, one per updated param, in group order."""
         return [coeff.item() for coeff in self.lamb_coeffs]
 
-    def _step(self, found: list[Any]) -> None:
-        warmup = self.onebit_step <= self.freeze_step
-        grads = [p.grad for _, p, _ in found]
-        if warmup:
-            grads = self._average(grads)
-        grads = clip_by_group(found, grads)
-        if warmup:
-            self.lamb_coeffs = [self._warmup(group, p, g) for (group, p, _), g in zip(found, grads)]
+    @staticmethod
+    def _update_momentum(m: torch.Tensor, g: torch.Tensor, beta1: float) -> None:
+        """``m = beta1 * m + (1 - beta1) * g`` in FusedLamb's ops."""
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+
+    def _step(self, found: Found) -> None:
+        if self.onebit_step <= self.freeze_step:
+            grads = self._gradients(found, averaged=True)
+            states = self._begin(found)
+            self.lamb_coeffs = [
+                self._warmup(group, p, g, state)
+                for (group, p, _), g, state in zip(found, grads, states)
+            ]
             return
-        previous = []
-        for (group, p, _), g in zip(found, grads):
-            state = self.state[p]
-            state["step"] += 1
-            previous.append(state["exp_avg"].clone())
-            state["exp_avg"].mul_(group["betas"][0]).add_(g, alpha=1 - group["betas"][0])
-        momenta = [self.state[p]["exp_avg"] for _, p, _ in found]
-        layout = tuple(key for _, _, key in found)
-        for m, avg in zip(momenta, self._compressed_average(momenta, layout)):
-            m.copy_(avg)
+        previous = [self.state[p]["exp_avg"].clone() for _, p, _ in found]
+        self._onebit_momentum(found)
         self.lamb_coeffs = [
             self._frozen(group, p, m_prev) for (group, p, _), m_prev in zip(found, previous)
         ]
 
-    def _warmup(self, group: dict[str, Any], p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def _warmup(
+        self, group: dict[str, Any], p: torch.Tensor, g: torch.Tensor, state: dict[str, Any]
+    ) -> torch.Tensor:
         (beta1, beta2), lr, wd = group["betas"], group["lr"], group["weight_decay"]
-        state = self.state[p]
-        if not state:
-            state["step"] = torch.tensor(0.0)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
         step = state["step"].item()
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        self._update_momentum(m, g, beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        c1, c2 = self._corrections(group, step, step)
-        update = (m / c1).div_(_denom(group, v, c2))
+        update = (m / bias_correction1(group, step)).div_(_denom(group, v, step))
         if wd:
             update.add_(p, alpha=wd)
         w_norm, u_norm = _norm(p), _norm(update)
@@ -209,13 +200,11 @@ class OnebitLamb(OnebitOptimizer):
             state["exp_avg_sq_fresh"] = v.clone()
             state["lamb_factor"] = torch.tensor(1.0)
         step = state["step"].item()
-        c1, c2_frozen = self._corrections(group, step, min(step, self.freeze_step))
-        c2_fresh = self._corrections(group, step, step)[1]
         g_hat = (m - m_prev * beta1).div_(1 - beta1)
         fresh = state["exp_avg_sq_fresh"]
         fresh.mul_(beta2).addcmul_(g_hat, g_hat, value=1 - beta2)
-        denom = _denom(group, v, c2_frozen)
-        factor = (denom / _denom(group, fresh, c2_fresh)).max().float()
+        denom = _denom(group, v, min(step, self.freeze_step))
+        factor = (denom / _denom(group, fresh, step)).max().float()
         last = state["lamb_factor"]
         factor = factor.clamp(group["factor_min"], group["factor_max"])
         threshold = group["factor_threshold"]
@@ -224,15 +213,8 @@ class OnebitLamb(OnebitOptimizer):
         )
         last.copy_(factor)
         coeff = state["lamb_coeff"].float() * factor
-        update = (m / c1).div_(denom)
+        update = (m / bias_correction1(group, step)).div_(denom)
         if wd:
             update.add_(p, alpha=wd)
         p.add_(update.mul_(coeff * -lr))
         return coeff
-
-    @staticmethod
-    def _corrections(group: dict[str, Any], step: float, var_step: float) -> tuple[float, float]:
-        if not group["bias_correction"]:
-            return 1.0, 1.0
-        beta1, beta2 = group["betas"]
-        return 1 - beta1**step, 1 - beta2**var_step

@@ -31,8 +31,14 @@ from typing import Any
 
 import torch
 
-from ._adam import adam_denom, adam_state, adamw_update, adamw_warmup_step, clip_by_group
-from ._base import OnebitOptimizer, check_positive_int
+from ._base import (
+    Found,
+    OnebitOptimizer,
+    adam_denom,
+    adamw_update,
+    bias_correction1,
+    check_positive_int,
+)
 
 __all__ = ["ZeroOneAdam"]
 
@@ -90,18 +96,15 @@ class ZeroOneAdam(OnebitOptimizer):
         self.var_update_scaler = check_positive_int("var_update_scaler", var_update_scaler)
         self.local_step_scaler = check_positive_int("local_step_scaler", local_step_scaler)
         self.local_step_clipper = check_positive_int("local_step_clipper", local_step_clipper)
-        defaults = {
-            "lr": lr,
-            "bias_correction": bias_correction,
-            "betas": betas,
-            "eps": eps,
-            "eps_inside_sqrt": eps_inside_sqrt,
-            "weight_decay": weight_decay,
-            "max_grad_norm": max_grad_norm,
-        }
         super().__init__(
             params,
-            defaults,
+            lr=lr,
+            bias_correction=bias_correction,
+            betas=betas,
+            eps=eps,
+            eps_inside_sqrt=eps_inside_sqrt,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
             amsgrad=amsgrad,
             cuda_aware=cuda_aware,
             comm_backend_name=comm_backend_name,
@@ -132,63 +135,41 @@ class ZeroOneAdam(OnebitOptimizer):
         doublings = (step - self.var_freeze_step - 1) // self.local_step_scaler
         return min(2 ** min(doublings, 62), self.local_step_clipper)
 
-    def _step(self, found: list[Any]) -> None:
+    def _init_state(self, state: dict[str, Any], p: torch.Tensor) -> None:
+        super()._init_state(state, p)
+        state.setdefault("var_step", 0)
+
+    def _step(self, found: Found) -> None:
         t = self.onebit_step
         if t <= self.var_freeze_step and t >= self.next_var_update:
-            self._variance_step(found)
+            self._adamw_warmup(found, var_step="var_step")
             self.var_updates += 1
             if self.var_updates % self.var_update_scaler == 0:
                 self.var_interval *= 2
             self.next_var_update = t + self.var_interval
         elif t <= self.var_freeze_step:
-            self._onebit_step(found)
+            self._onebit_momentum(found, tag=(_MOMENTUM,))
+            for group, p, _ in found:
+                state = self.state[p]
+                denom = adam_denom(
+                    group, state["exp_avg_sq"], state["var_step"], self.scratch_like(p)
+                )
+                adamw_update(group, p, state["exp_avg"], denom, state["step"].item())
         else:
             self._local_step(found, t)
 
-    def _variance_step(self, found: list[Any]) -> None:
-        grads = clip_by_group(found, self._average([p.grad for _, p, _ in found]))
-        for (group, p, _), g in zip(found, grads):
-            state = self.state[p]
-            adam_state(state, p)
-            state["step"] += 1
-            state["var_step"] = state.get("var_step", 0) + 1
-            adamw_warmup_step(group, p, g, state, state["var_step"])
-
-    def _onebit_step(self, found: list[Any]) -> None:
-        grads = clip_by_group(found, [p.grad for _, p, _ in found])
-        momenta = []
-        for (group, p, _), g in zip(found, grads):
-            state = self.state[p]
-            adam_state(state, p)
-            state["step"] += 1
-            state.setdefault("var_step", 0)
-            state["exp_avg"].lerp_(g, 1 - group["betas"][0])
-            momenta.append(state["exp_avg"])
-        layout = (_MOMENTUM, *(key for _, _, key in found))
-        for m, avg in zip(momenta, self._compressed_average(momenta, layout)):
-            m.copy_(avg)
-        for group, p, _ in found:
-            state = self.state[p]
-            denom = adam_denom(group, state["exp_avg_sq"], state["var_step"])
-            adamw_update(group, p, state["exp_avg"], denom, state["step"].item())
-
-    def _local_step(self, found: list[Any], t: int) -> None:
-        grads = clip_by_group(found, [p.grad for _, p, _ in found])
-        for (group, p, _), g in zip(found, grads):
-            state = self.state[p]
-            adam_state(state, p)
-            state["step"] += 1
-            state.setdefault("var_step", 0)
+    def _local_step(self, found: Found, t: int) -> None:
+        grads = self._gradients(found, averaged=False)
+        for (group, p, _), g, state in zip(found, grads, self._begin(found)):
             if "anchor" not in state:
                 state["anchor"] = p.detach().clone()
                 state["local_update"] = torch.zeros_like(p)
                 state["local_scale"] = torch.tensor(0.0)
                 state["local_decay"] = torch.tensor(1.0)
-            lr, wd, beta1 = group["lr"], group["weight_decay"], group["betas"][0]
-            state["exp_avg"].lerp_(g, 1 - beta1)
-            step = state["step"].item()
-            c1 = 1 - beta1**step if group["bias_correction"] else 1.0
-            denom = adam_denom(group, state["exp_avg_sq"], state["var_step"])
+            lr, wd = group["lr"], group["weight_decay"]
+            self._update_momentum(state["exp_avg"], g, group["betas"][0])
+            c1 = bias_correction1(group, state["step"].item())
+            denom = adam_denom(group, state["exp_avg_sq"], state["var_step"], self.scratch_like(p))
             applied = (state["exp_avg"] / denom).mul_(lr / c1)
             if wd != 0:
                 p.mul_(1 - lr * wd)
@@ -207,7 +188,9 @@ class ZeroOneAdam(OnebitOptimizer):
             p.copy_(state["anchor"] * state["local_decay"].to(p.dtype) - avg)
             scale = state["local_scale"].item()
             if scale > 0:
-                denom = adam_denom(group, state["exp_avg_sq"], state["var_step"])
+                denom = adam_denom(
+                    group, state["exp_avg_sq"], state["var_step"], self.scratch_like(p)
+                )
                 state["exp_avg"].copy_(avg * denom / scale)
             state["anchor"].copy_(p)
             state["local_update"].zero_()
