@@ -157,8 +157,9 @@ def _convergence(rank: int) -> dict:
 # Stated margins: after the freeze (50 of 310 steps, 321 params: short and small, where
 # 1-bit noise weighs most), the final held-out loss (mean of the last 10 steps; the noise
 # floor is 0.09) is at most this many times that of the full-precision counterpart.
-# Measured: OnebitAdam 1.17x AdamW, OnebitLamb 1.03x FusedLamb, ZeroOneAdam 2.0x AdamW.
-MARGIN = {"OnebitAdam": 1.3, "OnebitLamb": 1.15, "ZeroOneAdam": 2.5}
+# Measured: OnebitAdam 1.17x AdamW, OnebitLamb 1.03x FusedLamb, ZeroOneAdam 1.10x AdamW
+# (2.0x while it synchronized the parameter change instead of u: see _zoadam.py).
+MARGIN = {"OnebitAdam": 1.3, "OnebitLamb": 1.15, "ZeroOneAdam": 1.3}
 
 
 def test_after_freeze_they_converge_like_adam_and_lamb_on_two_ranks():
