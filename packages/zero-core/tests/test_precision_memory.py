@@ -1,5 +1,5 @@
 """fp16 overflow handling, per-rank memory of each stage, stage-3 prefetch (forward and
-backward), gradient buckets under overlap_comm and collective timeouts, on 2 gloo ranks."""
+backward), gradient bucket sizes and collective timeouts, on 2 gloo ranks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from harness import run_ranks
 from training import adamw, config, micro_batch, train_ranks
 from zero_core import _reducer, _stage3
 from zero_core._reducer import GradReducer
-from zero_core._shard import ParamShard
+from zero_core._shard import ParamShard, make_buckets
 
 
 def fp16_overflow(rank: int) -> list:
@@ -200,25 +200,25 @@ def test_a_missing_rank_is_an_error_naming_rank_and_op_not_a_hang():
     assert r0.startswith("rank 0 of 2: all_reduce(MAX) of 1 x torch.float32 failed")
 
 
-# -- gradient buckets under overlap_comm ------------------------------------------------------
+# -- gradient buckets ---------------------------------------------------------------------------
 
 
-def test_overlap_comm_cuts_a_bucket_larger_than_the_model_into_eighths():
-    # DeepSpeed's default reduce_bucket_size (5e8) exceeds this 16M-element model: without
-    # the cut there would be one bucket and nothing to overlap (see _reducer's Note)
+def test_a_bucket_larger_than_the_model_is_cut_into_eighths():
+    # DeepSpeed's default bucket sizes (5e8) exceed this 16M-element model: without the cut
+    # one bucket would keep every gradient alive to the end ([Note: bucket size])
     params = [nn.Parameter(torch.zeros(1 << 20)) for _ in range(16)]
     shards = [ParamShard(p, f"p{i}", 1, 0) for i, p in enumerate(params)]
 
-    def sizes(overlap: bool, bucket: int) -> list[int]:
-        reducer = GradReducer(shards, bucket, torch.float32, overlap, False, 1.0)
-        return [sum(s.numel for s in b.shards) for b in reducer.buckets]
+    def sizes(bucket: int) -> list[int]:
+        return [sum(s.numel for s in b.shards) for b in make_buckets(shards, bucket)]
 
-    assert sizes(True, 500_000_000) == [2 << 20] * 8
-    assert sizes(False, 500_000_000) == [16 << 20]
-    assert sizes(True, 1 << 20) == [1 << 20] * 16  # a smaller configured bucket still rules
+    assert sizes(500_000_000) == [2 << 20] * 8
+    assert sizes(1 << 20) == [1 << 20] * 16  # a smaller configured bucket still rules
+    reducer = GradReducer(shards, 500_000_000, torch.float32, False, False, 1.0)
+    expected = [b.shards for b in make_buckets(shards[::-1], 500_000_000)]
+    assert [b.shards for b in reducer.buckets] == expected and len(expected) == 8
     small = [ParamShard(nn.Parameter(torch.zeros(1000)), f"q{i}", 1, 0) for i in range(16)]
-    reducer = GradReducer(small, 500_000_000, torch.float32, True, False, 1.0)
-    assert len(reducer.buckets) == 1  # under 2**20 elements in all: not worth cutting
+    assert len(make_buckets(small, 500_000_000)) == 1  # under 2**20 elements: not cut
 
 
 def in_flight(rank: int) -> tuple[int, int]:

@@ -17,14 +17,10 @@ dropped on the device (see [Note: optimizer offload] in ``zero_core._offload``).
 ``overlap_comm`` launches the collectives asynchronously from the gradient hooks, so they
 run while backward continues.
 
-[Note: bucket size under overlap_comm]
-``reduce_bucket_size`` bounds a bucket; DeepSpeed's default (5e8 elements) is larger than
-most models, which would make one bucket of the whole model: nothing could then overlap
-(the only collective starts when backward is over) and every full gradient would stay alive
-until the end, at stage 3 too. So with ``overlap_comm`` a bucket is also at most 1/8 of the
-model (but not under 2**20 elements, where a collective's fixed cost starts to show), and at
-most two buckets are in flight: launching a third first completes the oldest, which bounds
-the staging memory to about three buckets whatever the model size.
+``overlap_comm`` keeps at most two buckets in flight: launching a third first completes the
+oldest, which bounds the staging memory to about three buckets whatever the model size
+(buckets are also at most 1/8 of the model: see [Note: bucket size] in
+``zero_core._shard``).
 """
 
 from __future__ import annotations
@@ -39,9 +35,7 @@ from ._shard import Bucket, ParamShard, make_buckets
 
 __all__ = ["GradReducer"]
 
-#: see [Note: bucket size under overlap_comm]
-OVERLAP_BUCKETS = 8
-MIN_OVERLAP_BUCKET = 1 << 20
+#: reductions in flight under overlap_comm
 MAX_IN_FLIGHT = 2
 
 
@@ -57,9 +51,6 @@ class GradReducer:
         communicate: bool = True,
         grad_home: Callable[[ParamShard], torch.Tensor] | None = None,
     ) -> None:
-        if overlap:
-            total = sum(s.numel for s in shards)
-            bucket_numel = min(bucket_numel, max(MIN_OVERLAP_BUCKET, -(-total // OVERLAP_BUCKETS)))
         self.buckets: list[Bucket] = make_buckets(list(reversed(shards)), bucket_numel)
         self.where: dict[int, Bucket] = {}
         for b in self.buckets:

@@ -113,10 +113,26 @@ class Bucket:
         return blocks.reshape(-1)[: s.numel]
 
 
+#: see [Note: bucket size]
+MODEL_FRACTION = 8
+MIN_BUCKET = 1 << 20
+
+
 def make_buckets(shards: list[ParamShard], bucket_numel: int) -> list[Bucket]:
     """Group shards, in the given order, into buckets of at most ``bucket_numel`` elements of
     full parameters (a parameter larger than that gets a bucket of its own); a bucket holds
-    shards of one process group and one shard count only."""
+    shards of one process group and one shard count only.
+
+    [Note: bucket size]
+    ``reduce_bucket_size`` and ``allgather_bucket_size`` bound a bucket. DeepSpeed's defaults
+    (5e8 elements) exceed most models and would make one bucket of the whole model: every
+    full gradient would stay alive until backward is over next to a model-sized staging
+    buffer, ``overlap_comm`` would have nothing to overlap (the one collective starts at the
+    end), and the weight all-gather after the step would hold another model-sized buffer. So
+    a bucket is also at most 1/8 of the model (never cut below 2**20 elements, where a
+    collective's fixed cost starts to show)."""
+    total = sum(s.numel for s in shards)
+    bucket_numel = min(bucket_numel, max(MIN_BUCKET, -(-total // MODEL_FRACTION)))
     buckets: list[Bucket] = []
     current: list[ParamShard] = []
     size = 0
