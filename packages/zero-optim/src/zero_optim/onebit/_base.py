@@ -126,7 +126,7 @@ class OnebitOptimizer(torch.optim.Optimizer):
         self._compressor: CompressedAllreduce | None = None
         self._layout: tuple[tuple[int, int], ...] = ()
         self._pending_errors: dict[str, Any] | None = None
-        self._scratch = torch.empty(0)  # 1D, reused by ``scratch_like``
+        self._scratch: list[torch.Tensor] = []  # 1D buffers, one per slot of ``scratch_like``
 
     @property
     def comm_counter(self) -> CommCounter:
@@ -224,18 +224,17 @@ class OnebitOptimizer(torch.optim.Optimizer):
         for m, avg in zip(momenta, self._compressed_average(momenta, layout)):
             m.copy_(avg)
 
-    def scratch_like(self, p: torch.Tensor) -> torch.Tensor:
+    def scratch_like(self, p: torch.Tensor, slot: int = 0) -> torch.Tensor:
         """A buffer shaped like ``p`` whose contents are undefined and which the next call
-        reuses: room for one temporary (a denominator) without allocating it every step."""
-        if (
-            self._scratch.numel() < p.numel()
-            or self._scratch.dtype != p.dtype
-            or (self._scratch.device != p.device)
-        ):
-            self._scratch = torch.empty(
-                max(p.numel(), self._scratch.numel()), dtype=p.dtype, device=p.device
-            )
-        return self._scratch[: p.numel()].view_as(p)
+        with the same ``slot`` reuses: room for the temporaries of a step (a denominator, a
+        ratio) without allocating them every step. Distinct slots never share memory."""
+        while len(self._scratch) <= slot:
+            self._scratch.append(torch.empty(0))
+        buf = self._scratch[slot]
+        if buf.numel() < p.numel() or buf.dtype != p.dtype or buf.device != p.device:
+            numel = max(p.numel(), buf.numel() if buf.device == p.device else 0)
+            buf = self._scratch[slot] = torch.empty(numel, dtype=p.dtype, device=p.device)
+        return buf[: p.numel()].view_as(p)
 
     # ---- params, gradients and communication ----------------------------------------------
 

@@ -40,11 +40,13 @@ def _norm(tensor: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(tensor, dtype=torch.float32)
 
 
-def _denom(group: dict[str, Any], v: torch.Tensor, var_step: float) -> torch.Tensor:
+def _denom(
+    group: dict[str, Any], v: torch.Tensor, var_step: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``sqrt(v / c2) + eps`` (or ``sqrt(v / c2 + eps)``) in FusedLamb's order of ops, ``c2``
-    the bias correction after ``var_step`` variance updates."""
+    the bias correction after ``var_step`` variance updates; into ``out`` when given."""
     c2 = 1 - group["betas"][1] ** var_step if group["bias_correction"] else 1.0
-    v_hat = v / c2
+    v_hat = torch.div(v, c2, out=out)
     if group["eps_inside_sqrt"]:
         return v_hat.add_(group["eps"]).sqrt_()
     return v_hat.sqrt_().add_(group["eps"])
@@ -193,6 +195,8 @@ class OnebitLamb(OnebitOptimizer):
         return trust
 
     def _frozen(self, group: dict[str, Any], p: torch.Tensor, m_prev: torch.Tensor) -> torch.Tensor:
+        """The compression-phase update; ``m_prev`` (a copy of last step's momentum) is
+        overwritten."""
         (beta1, beta2), lr, wd = group["betas"], group["lr"], group["weight_decay"]
         state = self.state[p]
         m, v = state["exp_avg"], state["exp_avg_sq"]
@@ -200,11 +204,12 @@ class OnebitLamb(OnebitOptimizer):
             state["exp_avg_sq_fresh"] = v.clone()
             state["lamb_factor"] = torch.tensor(1.0)
         step = state["step"].item()
-        g_hat = (m - m_prev * beta1).div_(1 - beta1)
+        g_hat = torch.sub(m, m_prev.mul_(beta1), out=m_prev).div_(1 - beta1)
         fresh = state["exp_avg_sq_fresh"]
         fresh.mul_(beta2).addcmul_(g_hat, g_hat, value=1 - beta2)
-        denom = _denom(group, v, min(step, self.freeze_step))
-        factor = (denom / _denom(group, fresh, step)).max().float()
+        denom = _denom(group, v, min(step, self.freeze_step), self.scratch_like(p, 0))
+        fresh_denom = _denom(group, fresh, step, self.scratch_like(p, 1))
+        factor = torch.div(denom, fresh_denom, out=fresh_denom).max().float()
         last = state["lamb_factor"]
         factor = factor.clamp(group["factor_min"], group["factor_max"])
         threshold = group["factor_threshold"]
@@ -213,7 +218,7 @@ class OnebitLamb(OnebitOptimizer):
         )
         last.copy_(factor)
         coeff = state["lamb_coeff"].float() * factor
-        update = (m / bias_correction1(group, step)).div_(denom)
+        update = torch.div(m, bias_correction1(group, step), out=g_hat).div_(denom)
         if wd:
             update.add_(p, alpha=wd)
         p.add_(update.mul_(coeff * -lr))
