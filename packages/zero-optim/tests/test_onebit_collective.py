@@ -15,6 +15,7 @@ from zero_optim.onebit import (
     pack_signs,
     unpack_signs,
 )
+from zero_optim.onebit._signs import subtract_decompressed
 
 
 def reference_pack(positive: list[bool]) -> list[int]:
@@ -87,6 +88,15 @@ def test_decompress_matches_the_reference_with_and_without_a_buffer(n):
     buffer = torch.full((4 * n,), float("nan"))
     assert torch.equal(decompress(packed, scales, out=buffer), decoded)
     assert torch.equal(buffer.view(4, n), decoded)  # decoded in place, nothing left over
+
+
+def test_subtracting_the_decoded_signs_in_place_equals_subtracting_decompress():
+    x = torch.randn(4 * 256, generator=torch.Generator().manual_seed(3))
+    packed, scales = compress(x.view(-1, 256))
+    expected = x - decompress(packed, scales).view(-1)
+    scratch = torch.empty_like(x)
+    assert torch.equal(subtract_decompressed(x, packed, scales, scratch), expected)
+    assert torch.equal(x, expected)  # in place
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from ._comm import CommGroup
-from ._signs import compress, decompress
+from ._signs import compress, decompress, subtract_decompressed
 
 __all__ = ["DEFAULT_BLOCK", "CompressedAllreduce"]
 
@@ -101,7 +101,7 @@ class CompressedAllreduce:
             x[offset : offset + t.numel()].add_(t)
             offset += t.numel()
         packed, scales = compress(x.view(-1, block))
-        x.sub_(decompress(packed, scales, out=self._decoded).view(-1))
+        subtract_decompressed(x, packed, scales, self._decoded)
 
         recv_signs = self.comm.all_to_all(packed.view(world, chunk // 8))
         recv_scales = self.comm.all_to_all(scales.view(world, chunk // block))
@@ -109,7 +109,7 @@ class CompressedAllreduce:
         y = torch.mean(mine.view(world, chunk), dim=0, out=self._spare).add_(self.server_error)
 
         server_packed, server_scales = compress(y.view(-1, block))
-        y.sub_(decompress(server_packed, server_scales, out=self._decoded[:chunk]).view(-1))
+        subtract_decompressed(y, server_packed, server_scales, self._decoded[:chunk])
         self._spare, self.server_error = self.server_error, y
 
         all_signs = self.comm.all_gather(server_packed)

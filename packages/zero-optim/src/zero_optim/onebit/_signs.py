@@ -26,7 +26,8 @@ thread, against ~10 ms and ~40 ms for the shift-sum-``where`` version they repla
   bit-reversed, which one lookup in a 256-entry table puts right.
 * Unpacking looks each byte up in a 256 x 8 table of its 8 decoded values (``+-1.0``, or
   bools for :func:`unpack_signs`): one ``index_select`` writes the whole result, which
-  decoding then scales block by block in place.
+  decoding then scales block by block in place, or which one ``addcmul_`` subtracts,
+  scaled, from the tensor whose compression error is wanted.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ import sys
 
 import torch
 
-__all__ = ["compress", "decompress", "pack_signs", "unpack_signs"]
+__all__ = [
+    "compress",
+    "decompress",
+    "pack_signs",
+    "sign_values",
+    "subtract_decompressed",
+    "unpack_signs",
+]
 
 _BIG_ENDIAN = sys.byteorder == "big"
 _TABLES: dict[tuple[str, torch.device], torch.Tensor] = {}
@@ -124,6 +132,13 @@ def compress(chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pack_signs((chunks >= 0).view(-1)), scales
 
 
+def sign_values(packed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The signs of :func:`pack_signs` as fp32 ``+-1.0``, 1D (into ``out`` when given)."""
+    if out is not None:
+        out = out.view(-1, 8)
+    return torch.index_select(_table("sign", packed.device), 0, packed.reshape(-1).int(), out=out)
+
+
 def decompress(
     packed: torch.Tensor, scales: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -136,7 +151,17 @@ def decompress(
             returned, viewed as rows), so a caller decoding the same size over and over
             allocates nothing.
     """
-    if out is not None:
-        out = out.view(-1, 8)
-    signs = torch.index_select(_table("sign", packed.device), 0, packed.reshape(-1).int(), out=out)
+    signs = sign_values(packed, out)
     return signs.view(scales.numel(), -1).mul_(scales.view(-1, 1))
+
+
+def subtract_decompressed(
+    x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, scratch: torch.Tensor
+) -> torch.Tensor:
+    """``x -= decompress(packed, scales)`` in place (``x`` 1D), in one pass over ``x`` after
+    the sign lookup (into ``scratch``, as many floats as ``x``): the error compression
+    leaves. Bit for bit the same as subtracting the decoded tensor, since ``scale * +-1``
+    is exact."""
+    signs = sign_values(packed, scratch).view(scales.numel(), -1)
+    x.view(scales.numel(), -1).addcmul_(signs, scales.view(-1, 1), value=-1)
+    return x
