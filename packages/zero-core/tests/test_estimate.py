@@ -81,14 +81,25 @@ def test_7b_stage3_sends_one_and_a_half_times_stage0():
 
 @pytest.mark.parametrize(
     ("stage", "device"),
-    [(0, 16_000), (1, 4_000 + 1_000 + 3_000), (2, 8_000), (3, 1_000 + 1_000 + 3_000)],
+    [(0, 16_000), (1, 4_000 + 1_000 + 3_000), (2, 8_000), (3, 1_000 + 1_000 + 2_000)],
     ids=["stage0", "stage1", "stage2", "stage3"],
 )
 def test_fp32_by_hand(stage, device):
     # Ψ = 1000 on 4 ranks: stage 0 has no master copy (the optimizer updates the weights),
-    # stages 1-3 step an fp32 copy of the 250-element shard (4 + 8 bytes per element)
+    # nor has stage 3 (it steps the 250-element fp32 shard itself: 8 bytes of Adam state);
+    # stages 1-2 step an fp32 copy of the shard (4 + 8 bytes per element)
     est = estimate_model_states(1000, stage, num_nodes=2, num_gpus_per_node=2, precision="fp32")
     assert est.device == device
+
+
+def test_fp32_stage3_steps_a_master_copy_under_offload():
+    # the shard moves to CPU with offload_param, or the optimizer does with
+    # offload_optimizer: either way a separate fp32 master exists again
+    kw = dict(num_nodes=2, num_gpus_per_node=2, precision="fp32")
+    by_param = estimate_model_states(1000, 3, offload_param="cpu", **kw)
+    assert (by_param.device, by_param.cpu_offload_per_node) == (1_000 + 3_000, 2 * 1_000)
+    by_optim = estimate_model_states(1000, 3, offload_optimizer="cpu", **kw)
+    assert (by_optim.device, by_optim.cpu_offload_per_node) == (1_000, 2 * (1_000 + 3_000))
 
 
 @pytest.mark.parametrize(
@@ -418,11 +429,12 @@ def held(model: nn.Module, optimizer: Any) -> dict[str, int]:
     partitions = nbytes(s.grad for s in optimizer.shards)
     away = getattr(optimizer, "offloaded", set())
     away_state = [t for s in away for t in optimizer.inner.state.get(s.master, {}).values()]
+    shared = {t.data_ptr() for t in local}  # fp32 stage 3: the shard is the master
     return {
         "params": nbytes(p.data for p in params) + nbytes(local),
         "grads": partitions + nbytes(p.grad for p in params),
         "partitions": partitions,
-        "masters": nbytes(optimizer.masters),
+        "masters": nbytes(m for m in optimizer.masters if m.data_ptr() not in shared),
         # tensors of the parameter's size; Adam's 0-dim step counts are left out
         "state": nbytes(t for t in state if t.dim() > 0),
         "offloaded": nbytes(s.grad for s in away)

@@ -245,6 +245,9 @@ class CpuOffloadOptimizer(ZeroOptimizer):
         self.device_inner = None if ratio >= 1 else self._device_optimizer(ratio, device_inner)
         self.grad_home = self._new_grad_partition
 
+    def _shard_is_master(self, s: ParamShard) -> bool:
+        return False  # the masters live where the offload keeps them
+
     def _new_master(self, source: torch.Tensor) -> torch.Tensor:
         master = source.to("cpu", torch.float32, copy=True)
         return master.pin_memory() if self.pin else master

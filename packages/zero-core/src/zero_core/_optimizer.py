@@ -11,7 +11,9 @@ model parameter (no weight decay, no momentum, no step count). A user-built opti
 its identity, hyperparameters and any scheduler bound to it: its
 ``param_groups[i]["params"]`` is replaced in place, as DeepSpeed does. With fp32 weights at
 stage 0 there are no masters: the inner optimizer updates the model's parameters directly,
-like DDP.
+like DDP. With fp32 weights at stage 3 (no offload) the master *is* this rank's shard
+(``shard.local``, shared storage), as FSDP2 steps its sharded parameters: a second fp32
+copy would only cost 4 bytes per element and a copy per step.
 
 A step: the gradients are complete (the reducer has run); check for inf/NaN across ranks
 (fp16: skip the step and lower the loss scale), unscale and clip by the global norm (one
@@ -81,14 +83,23 @@ class ZeroOptimizer:
         for group, shards in zip(self.inner.param_groups, self.groups):
             masters = []
             for s in shards:
-                source = s.local if s.local is not None else s.my_part(s.param.detach().reshape(-1))
-                master = torch.nn.Parameter(self._new_master(source))
+                if self._shard_is_master(s):
+                    master = torch.nn.Parameter(s.local)  # the same storage
+                else:
+                    source = (
+                        s.local if s.local is not None else s.my_part(s.param.detach().reshape(-1))
+                    )
+                    master = torch.nn.Parameter(self._new_master(source))
                 s.master = master
                 s.grad = None  # allocated by the reducer when a gradient arrives
                 masters.append(master)
             group["params"] = masters
             self.masters.extend(masters)
         self.inner.state.clear()
+
+    def _shard_is_master(self, s: ParamShard) -> bool:
+        """Whether ``s``'s stage-3 fp32 shard on the device can serve as its master."""
+        return s.local is not None and s.store is None and s.local.dtype == torch.float32
 
     def _new_master(self, source: torch.Tensor) -> torch.Tensor:
         """An fp32 copy of a shard's weights, where this optimizer keeps its masters."""
@@ -223,7 +234,8 @@ class ZeroOptimizer:
             self.param_store.write_back(local)
         else:
             for s, w in local:
-                s.local.copy_(w)
+                if w.data_ptr() != s.local.data_ptr():  # else the master is the shard
+                    s.local.copy_(w)
         for bucket in self.gather_buckets:
             device = bucket.shards[0].param.device
             if bucket.nshards == 1:

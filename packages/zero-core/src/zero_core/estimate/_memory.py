@@ -31,10 +31,12 @@ at stage 3: the paper's formulas with a 4-byte gradient where the paper has a 2-
 and stage 1 freeing the full gradient as stage 2 does.
 
 fp32 training, derived the same way with the master being the weight itself (K = 8):
-16Ψ, 4Ψ + 4Ψ + 8Ψ/Nd, 4Ψ + 12Ψ/Nd, 16Ψ/Nd. zero-core does this at stage 0 only (the
-optimizer updates the parameters, as DDP does). At stages 1-3 its optimizer steps an fp32
-copy of this rank's shard (a standalone tensor, padding included), so K = 12 there:
-4Ψ + 16Ψ/Nd at stages 1-2 and 20Ψ/Nd at stage 3; the estimate counts that copy.
+16Ψ, 4Ψ + 4Ψ + 8Ψ/Nd, 4Ψ + 12Ψ/Nd, 16Ψ/Nd. zero-core does this at stage 0 (the
+optimizer updates the parameters, as DDP does) and at stage 3 without offload (the
+optimizer steps this rank's fp32 shard itself, as FSDP2 does). At stages 1-2, and at stage
+3 with either offload, its optimizer steps an fp32 copy of this rank's shard (a standalone
+tensor, padding included), so K = 12 there: 4Ψ + 16Ψ/Nd at stages 1-2 and 20Ψ/Nd at stage
+3 with offload; the estimate counts that copy.
 
 Stage 3 also needs a working set on the device: a layer's weights gathered whole to run it,
 and its full gradient until that is reduced: 2p x the largest layer's parameters.
@@ -209,7 +211,10 @@ def estimate_model_states(
         return job.shard if partitioned else psi
 
     weights = p * held(job.stage == 3)
-    masters = 0 if (job.precision == "fp32" and job.stage == 0) else _FP32
+    master_is_weight = job.stage == 0 or (
+        job.stage == 3 and offload_optimizer == "none" and offload_param == "none"
+    )
+    masters = 0 if (job.precision == "fp32" and master_is_weight) else _FP32
     optimizer = (masters + state) * held(job.stage >= 1)
     partition = _FP32 * held(job.stage >= 1)
     waits_for_window = job.gradient_accumulation_steps > 1 and job.stage <= 1 and masters
