@@ -21,6 +21,18 @@ each step is
 the frozen one, within bounds and by at most ``factor_threshold`` per step (``last`` is the
 previous step's factor, 1 at first). ``min_coeff``/``max_coeff`` bound the trust ratio of
 warm-up only.
+
+[Note: the factor of small tensors]
+``g_hat`` is rebuilt from compressed momenta, so it carries their compression error divided
+by ``1 - beta1`` (10x): on several ranks ``v_fresh`` overestimates the variance of every
+element, the more so the noisier the 1-bit momentum. ``factor`` is a maximum over the
+tensor's elements, so a large tensor still finds elements whose ratio says "grow"; a small
+one (a bias, a LayerNorm weight) may find none and sits at ``factor_min`` for good. In
+bench/onebit.py's 321-param model the 32- and 1-element tensors do exactly that on 2 ranks,
+while on one rank (nothing compressed) their factor climbs to 2.8 and 1.5 like the others',
+and the final loss ends 22% above FusedLamb's (1% on one rank; 3% on 2 ranks with
+``factor_min=1``, a diagnosis, not a recommended setting). DeepSpeed's 1-bit LAMB computes
+the factor the same way.
 """
 
 from __future__ import annotations
