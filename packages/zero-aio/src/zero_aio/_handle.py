@@ -85,7 +85,7 @@ class aio_handle:  # noqa: N801 - DeepSpeed's name
         self._intra_op_parallelism = intra_op_parallelism
         self._keep: list[Buffer] = []  # buffers of queued operations, alive until wait()
         self._to_validate: list[tuple[Buffer, str, int, bool]] = []
-        self._locked: dict[int, Any] = {}  # data_ptr -> LockedBuffer of new_cpu_locked_tensor
+        self._locked: dict[int, Any] = {}  # data_ptr -> HostBuffer of new_cpu_locked_tensor
 
     def __del__(self) -> None:
         # Runs before the attributes (and so the kept buffers) are released: queued

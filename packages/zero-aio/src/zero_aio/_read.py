@@ -253,15 +253,17 @@ def load_tensors(
     pin_memory: bool = False,
     verify: bool = True,
     handle: aio_handle | None = None,
+    entries: list[TensorEntry] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The tensors ``names`` (all when ``None``) of a file written by ``save``, in the order
-    asked, read as ``load`` reads them: only their bytes are fetched.
+    asked, read as ``load`` reads them: only their bytes are fetched. ``entries``
+    (``read_index(path)[0]``, if the caller has it) saves reading the index again.
 
     Raises ``KeyError`` naming a tensor the file does not hold (and the ones it does), and
     what ``load`` raises.
     """
     path = os.fsdecode(os.fspath(path))
-    entries = _entries_for(path, names, None)
+    entries = _entries_for(path, names, entries)
     tensors = _fresh(entries, pin_memory)
     targets = [_Target(e, _as_bytes(t)) for e, t in zip(entries, tensors)]
     _read(path, targets, handle if handle is not None else default_handle(), verify)

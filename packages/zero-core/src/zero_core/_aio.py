@@ -2,9 +2,10 @@
 
 [Note: finding zero-aio]
 zero-aio declares its I/O functions in the entry-point group ``zerospeed.aio``
-(``aio_handle``, ``save``, ``load``, ``read_index``, ``load_tensors``). Checkpoint writes
-and NVMe offload look them up here, so zero-core still runs with torch alone, and asking
-for zero-aio without it installed fails with the command that installs it.
+(``aio_handle``, ``save``, ``load``, ``read_index``, ``load_tensors``, ``load_into``).
+Checkpoint writes and reads and NVMe offload look them up here, so zero-core still runs
+with torch alone, and asking for zero-aio without it installed fails with the command that
+installs it.
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ saved shards overlap its new range and copies those slices, for the fp32 master 
 optimizer-state tensor of the shard's size; scalar state (Adam's ``step``) is copied.
 ``.pt`` rank files are opened memory-mapped, so a rank reads only the bytes it needs; from
 ``.zaio`` files it reads only the saved shards that overlap its range (each whole, to verify
-its checksum). At the same world size a rank reads its own ``.zaio`` file in one request.
+its checksum). At the same world size a rank reads its own ``.zaio`` file in one pass,
+straight into its optimizer's master and state tensors.
 """
 
 from __future__ import annotations
@@ -357,11 +358,24 @@ class SavedShards:
             self._tensors[r] = open_tensors(self.directory, self._files[r])
         return self._files[r]
 
-    def read_whole(self, r: int) -> None:
-        """Rank ``r``'s zero-aio file in one request (it is about to be read entirely)."""
-        self.rank(r)
-        if self._tensors[r] is not None:
-            self._tensors[r].read_all()
+    def finish(self) -> None:
+        """Carry out the zero-aio reads ``element_range`` queued (one pass over each file);
+        until then the ``out`` tensors it was given may not hold their values yet."""
+        for store in self._tensors.values():
+            if store is not None:
+                store.finish()
+
+    def _read_into(self, r: int, name: str, key: str, start: int, out: torch.Tensor) -> bool:
+        """Have rank ``r``'s zero-aio file read the saved ``key`` of ``name`` from element
+        ``start`` into ``out`` (maybe queued until ``finish``); False if it is not there."""
+        record = self.rank(r)["shards"][name]
+        value = record["master"] if key == "master" else record["state"].get(key)
+        field = _field_prefix(name, key) + key
+        store = self._tensors[r]
+        if value is not None or store is None or field not in store:
+            return False
+        store.read_into(field, start, out)
+        return True
 
     def flat(self, r: int, name: str, key: str) -> Any:
         """The saved flat shard ``key`` ("master" or a state entry) of ``name`` on rank
@@ -410,26 +424,32 @@ class SavedShards:
     ) -> torch.Tensor | None:
         """Elements ``[begin, end)`` of the flat saved tensor ``key`` ("master" or a state
         entry) of parameter ``name``, assembled from the saved shards: a new tensor, or
-        copied straight into ``out`` (``end - begin`` elements) when given, which saves a
-        copy of every byte on the way into the optimizer."""
+        read straight into ``out`` (``end - begin`` elements) when given, which saves a
+        copy of every byte on the way into the optimizer (reads from zero-aio files may
+        land only at ``finish()``)."""
         owners = self.owners(name, ranks)
         first = self.rank(self.pick(owners))["shards"][name]
         size = -(-first["numel"] // first["nshards"])
         pieces = []
+        at = 0
         for i, r in enumerate(owners):
             lo, hi = i * size, (i + 1) * size
             if hi <= begin or lo >= end:
                 continue
+            a, b = max(begin, lo) - lo, min(end, hi) - lo
+            if out is not None and self._read_into(r, name, key, a, out[at : at + b - a]):
+                at += b - a
+                continue
             source = self.flat(r, name, key)
             if source is None or not torch.is_tensor(source):
                 return None
-            pieces.append(source[max(begin, lo) - lo : min(end, hi) - lo])
+            if out is None:
+                pieces.append(source[a:b])
+            else:  # copy_ also moves to out's device and dtype
+                out[at : at + b - a].copy_(source[a:b])
+                at += b - a
         if out is None:
             return torch.cat(pieces) if pieces else torch.empty(0)
-        at = 0
-        for piece in pieces:  # copy_ also moves to out's device and dtype
-            out[at : at + piece.numel()].copy_(piece)
-            at += piece.numel()
         return out
 
 
@@ -510,10 +530,9 @@ def load_checkpoint(
                 f"({meta['world_size']} -> {_dist.world_size()}) is not implemented"
             )
     with_state = load_optimizer_states and not load_module_only
-    if meta["world_size"] == _dist.world_size() and meta["stage"] > 0:
-        saved.read_whole(_dist.rank())  # its own partition: all of it is needed
     for s in shards:
         _load_shard(saved, s, engine, with_state)
+    saved.finish()  # the masters and states element_range queued zero-aio reads into
     engine.optimizer._write_back()
     _load_extra(engine, extra_values(path, meta))
     if with_state:

@@ -12,11 +12,17 @@ container ``c`` under key ``k`` is stored under the name ``<prefix><k>`` (for ex
 ``shards/<param>/state/exp_avg``); a reader that finds ``None`` where a tensor is expected
 takes it from the tensor file. ``"auto"`` (the default) is zero-aio when it is installed.
 
-Reading a zero-aio file either loads it whole in one request (a rank resuming from its own
-file needs all of it) or, through ``load_tensors``, only the tensors asked for, each read
-whole so its checksum can be verified: a rank loading at another world size reads the saved
-shards that overlap its new range, never whole files, and the converter holds one parameter
-at a time. A corrupt tensor raises zero-aio's ``ChecksumError`` naming the file and tensor.
+Reading a zero-aio file goes one of three ways. A tensor wanted whole, in memory the caller
+already has (a rank resuming at the same world size: its fp32 master shards and optimizer
+states), is queued with ``read_into`` and read at ``finish`` by zero-aio's ``load_into``:
+one pass over the file, straight into that memory (O_DIRECT when it lines up with the
+file, else through a staging buffer with the copy behind the next read), every checksum
+verified. A tensor wanted in part (a rank loading at another world size reads the saved
+shards that overlap its new range, never whole files) is read alone through
+``load_tensors``, whole so its checksum can be verified, then sliced; the converter holds
+one parameter at a time that way. ``read_all`` loads a whole file (``meta.zaio``'s frozen
+parameters and buffers). A corrupt tensor raises zero-aio's ``ChecksumError`` naming the
+file and tensor.
 """
 
 from __future__ import annotations
@@ -75,9 +81,10 @@ class AioTensors:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        entries, _ = _aio.aio("read_index")(path)
-        self.entries = {e.name: e for e in entries}
+        self._index, _ = _aio.aio("read_index")(path)
+        self.entries = {e.name: e for e in self._index}
         self._all: dict[str, torch.Tensor] | None = None
+        self._queued: dict[str, torch.Tensor] = {}  # name -> destination, read at finish()
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -88,7 +95,7 @@ class AioTensors:
         return entry.dtype, list(entry.shape)
 
     def read_all(self) -> None:
-        """Read the whole file in one request; later ``get`` calls are served from memory."""
+        """Read the whole file in one pass; later ``get`` calls are served from memory."""
         if self._all is None:
             self._all = _aio.aio("load")(self.path)
 
@@ -97,7 +104,40 @@ class AioTensors:
         alone, a fresh buffer each call (callers keep what they need)."""
         if self._all is not None:
             return self._all[name]
-        return _aio.aio("load_tensors")(self.path, [name])[name]
+        self.finish()  # a queued read of it must land first (it is read again here)
+        return _aio.aio("load_tensors")(self.path, [name], entries=self._index)[name]
+
+    def read_into(self, name: str, start: int, out: torch.Tensor) -> None:
+        """Elements ``[start, start + out.numel())`` of the flattened tensor ``name`` into
+        ``out``. When ``out`` is exactly the whole tensor's memory (a contiguous CPU tensor
+        of its dtype and size) the read is only queued: the bytes land at ``finish()``, so
+        ``out`` must not be used before then. Anything else is read now and copied
+        (converting dtype and device as ``copy_`` does)."""
+        entry = self.entries[name]
+        whole = (
+            start == 0
+            and self._all is None
+            and name not in self._queued
+            and out.device.type == "cpu"
+            and out.dtype == entry.dtype
+            and out.is_contiguous()
+            and out.numel() * out.element_size() == entry.nbytes
+        )
+        if whole:
+            self._queued[name] = out.view(entry.shape)
+        else:
+            out.copy_(self.get(name).reshape(-1)[start : start + out.numel()])
+
+    def finish(self) -> None:
+        """Carry out the reads ``read_into`` queued, in one pass over the file.
+
+        Raises:
+            zero_aio.ChecksumError: a queued tensor is corrupt (its destination then holds
+                the bytes as they are on disk).
+        """
+        if self._queued:
+            queued, self._queued = self._queued, {}
+            _aio.aio("load_into")(self.path, queued, entries=self._index)
 
     def resolve(self, value: Any, name: str) -> Any:
         """``value``, or the tensor ``name`` when ``value`` is the ``None`` left in its place."""
