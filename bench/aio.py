@@ -7,6 +7,9 @@ What it measures
     * a ``zero_aio.aio_handle`` on each usable backend (libaio, io_uring, threads; see
       ``zero_aio.backends()``), with ``--block-size``, ``--queue-depth`` and
       ``--intra-op-parallelism`` (and ``--single-submit`` / ``--overlap-events``);
+    * a control row, not counted as zero-aio's: its first backend moving the same bytes
+      from and into page-aligned ``torch.empty`` memory (4 KiB pages) instead of its own
+      locked buffers (huge pages), which separates the engine from the memory;
     * fio (``ioengine=libaio``, ``direct=1``, the same block size and iodepth, one job per
       intra-op thread, each on its own contiguous slice of the file) when fio is installed;
     * DeepSpeed's ``aio_handle`` (its ``async_io`` op, JIT-built on first use) with the same
@@ -26,19 +29,25 @@ Why
     baselines.
 
 Method
-    * Buffers: one source and one destination buffer of the largest size, page-aligned and
-      mlock-ed (``new_cpu_locked_tensor``), the source filled with random bytes (seed 0);
-      every in-process method uses them (smaller sizes use their first bytes). DeepSpeed's
-      subprocess allocates its own with its handle's ``new_cpu_locked_tensor`` and the same
-      seed, so it never copies through a bounce buffer.
-    * Files: one per method and size under ``--dir``, deleted at the end. With
-      ``--write-to existing`` (default) each file is written once, untimed, before the
-      rounds, and every timed write overwrites it in place: no block allocation, no size
-      change (a reused swap file or checkpoint slot; what fio does with an existing file).
-      ``torch.save`` still truncates (it opens the path for writing, as users call it). With
-      ``--write-to new`` the file is unlinked (untimed) before every timed write, so the
-      write allocates blocks and grows the file (fio gets ``fallocate=none``: it then issues
-      the same size-extending writes). On ext4 the two differ a lot for O_DIRECT writes.
+    * Buffers: each library's own locked memory, as its users get it. One source and one
+      destination buffer of the largest size from zero-aio's ``new_cpu_locked_tensor``
+      (page-aligned, mlock-ed, from 2 MiB on backed by transparent huge pages), the source
+      filled with random bytes (seed 0); every in-process method uses them (smaller sizes
+      use their first bytes). DeepSpeed's subprocess allocates its own with its handle's
+      ``new_cpu_locked_tensor`` (4 KiB pages) and the same seed, so it never copies through
+      a bounce buffer. The control row has its own pair over 4 KiB pages.
+    * Files: one per size under ``--dir``, shared by every method that overwrites a file in
+      place, so all of them write and read the same disk blocks (a file of its own per
+      method measured up to 1.5x apart from another's with the same engine); methods that
+      replace the file (``torch.save``, ``zero_aio.save``) get one each. All are deleted at
+      the end. With ``--write-to existing`` (default) each file is written once, untimed,
+      before the rounds, and every timed write overwrites it in place: no block allocation,
+      no size change (a reused swap file or checkpoint slot; what fio does with an existing
+      file). ``torch.save`` still truncates (it opens the path for writing, as users call
+      it). With ``--write-to new`` the file is unlinked (untimed) before every timed write,
+      so the write allocates blocks and grows the file (fio gets ``fallocate=none``: it then
+      issues the same size-extending writes). On ext4 the two differ a lot for O_DIRECT
+      writes.
     * Durability: every timed write includes an ``fsync`` of the file (a separate
       descriptor when the method has none of its own), so the time is to durable data for
       every row. fio's time is its own reported runtime (fio process start-up and file
@@ -50,6 +59,10 @@ Method
       marked O_DIRECT never put the bulk of their data in the page cache; the "cached after
       w/r" column checks that from outside with ``mincore``: the largest share of the file's
       pages found in the page cache right after a timed write / read, over all rounds.
+    * Timing: every method is timed the same way, from the call that starts the transfer
+      to its return, in the process doing the I/O (DeepSpeed times itself in its
+      subprocess, so no pipe traffic is counted); nothing else happens in between (the
+      destination is cleared and compared only in the warm-up round, for every method).
     * Rounds: one untimed warm-up round that also checks every read returned exactly the
       bytes written (the "check" column), then ``--rounds`` timed rounds. Each round visits
       every method once, in a freshly shuffled (seeded) order, so a noisy neighbour slows
@@ -218,14 +231,16 @@ class Method:
     """One row: ``write(path, n)`` / ``read(path, n)`` return seconds (write incl. fsync)."""
 
     label: str
-    kind: str  # "zero" (ours), "alt" (fio, DeepSpeed), "base" (Python, torch)
+    kind: str  # "zero" (ours), "alt" (fio, DeepSpeed), "base" (Python, torch), "control"
     cache: str  # how the page cache is treated, for the table
     write: Callable[[str, int], float] | None = None
     read: Callable[[str, int], float] | None = None
     check: Callable[[int], bool] | None = None  # after a read: did it return the source?
-    truncates: bool = False  # the write replaces the file (so --write-to has no effect)
+    truncates: bool = False  # the write replaces the file (so it gets a file of its own)
     note: str = ""  # why the row is n/a
     close: Callable[[], None] = lambda: None
+    # told before each read whether it is the warm-up's (checked) one or a timed one
+    set_checking: Callable[[bool], None] = lambda checking: None
     times: dict[tuple[int, str], list[float]] = field(default_factory=dict)
     cached: dict[tuple[int, str], float] = field(default_factory=dict)
     checked: dict[int, str] = field(default_factory=dict)
@@ -237,8 +252,16 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def page_aligned(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of torch's own CPU memory (4 KiB pages) starting on a page, zeroed."""
+    raw = torch.zeros(nbytes + _PAGE, dtype=torch.uint8)
+    skip = (-raw.data_ptr()) % _PAGE
+    return raw[skip : skip + nbytes]
+
+
 class Buffers:
-    """The source (random bytes) and destination buffers every in-process method shares."""
+    """The source (random bytes) and destination buffers every in-process method shares,
+    and the control row's pair over 4 KiB pages."""
 
     def __init__(self, nbytes: int) -> None:
         import zero_aio
@@ -248,6 +271,8 @@ class Buffers:
         self.src = self._owner.new_cpu_locked_tensor(nbytes, example)
         self.dst = self._owner.new_cpu_locked_tensor(nbytes, example)
         fill_random(self.src)
+        self.plain_src, self.plain_dst = page_aligned(nbytes), page_aligned(nbytes)
+        self.plain_src.copy_(self.src)
         self._contiguous: dict[int, torch.Tensor] = {}
 
     def src_tensor(self, n: int) -> torch.Tensor:
@@ -261,11 +286,19 @@ class Buffers:
     def dst_matches(self, n: int) -> bool:
         return torch.equal(self.dst[:n], self.src[:n])
 
+    def plain_dst_matches(self, n: int) -> bool:
+        return torch.equal(self.plain_dst[:n], self.src[:n])
+
     def clear_dst(self, n: int) -> None:
         self.dst[:n].zero_()
+        self.plain_dst[:n].zero_()
 
 
-def zero_aio_method(backend: str, bufs: Buffers, args: argparse.Namespace) -> Method:
+def zero_aio_method(
+    backend: str, bufs: Buffers, args: argparse.Namespace, *, control: bool = False
+) -> Method:
+    """A handle on ``backend`` moving ``bufs``' locked buffers (or, as the control row, the
+    4 KiB-page pair)."""
     import zero_aio
 
     h = zero_aio.aio_handle(
@@ -277,12 +310,23 @@ def zero_aio_method(backend: str, bufs: Buffers, args: argparse.Namespace) -> Me
         backend=backend,
     )
 
+    src, dst = (bufs.plain_src, bufs.plain_dst) if control else (bufs.src, bufs.dst)
+
     def write(path: str, n: int) -> float:
-        return timed(lambda: (h.sync_pwrite(bufs.src[:n], path), fsync_path(path)))
+        return timed(lambda: (h.sync_pwrite(src[:n], path), fsync_path(path)))
 
     def read(path: str, n: int) -> float:
-        return timed(lambda: h.sync_pread(bufs.dst[:n], path))
+        return timed(lambda: h.sync_pread(dst[:n], path))
 
+    if control:
+        return Method(
+            f"control: {ZERO} aio_handle ({backend}), torch.empty buffers (4 KiB pages)",
+            "control",
+            "bypassed: O_DIRECT",
+            write,
+            read,
+            bufs.plain_dst_matches,
+        )
     return Method(
         f"{ZERO} aio_handle ({backend})",
         "zero",
@@ -451,7 +495,9 @@ class DeepSpeedWorker:
         fill_random(self.src)
         self.version = deepspeed.__version__
 
-    def call(self, op: str, path: str, n: int) -> dict[str, Any]:
+    def call(self, op: str, path: str, n: int, check: bool) -> dict[str, Any]:
+        """Time one write (+ fsync) or read; ``check`` (warm-up only) clears the destination
+        before the read and compares it after, untimed, as the in-process rows do."""
         if op == "write":
 
             def go() -> None:
@@ -461,13 +507,17 @@ class DeepSpeedWorker:
 
             return {"seconds": timed(go)}
         if op == "read":
-            self.dst[:n].zero_()
+            if check:
+                self.dst[:n].zero_()
 
             def go() -> None:
                 if self.handle.sync_pread(self.dst[:n], path) < 0:
                     raise OSError(f"DeepSpeed sync_pread of {path} failed")
 
-            return {"seconds": timed(go), "ok": torch.equal(self.dst[:n], self.src[:n])}
+            seconds = timed(go)
+            if not check:
+                return {"seconds": seconds}
+            return {"seconds": seconds, "ok": torch.equal(self.dst[:n], self.src[:n])}
         raise ValueError(f"unknown op {op!r}")
 
 
@@ -484,7 +534,8 @@ def deepspeed_worker_main() -> None:
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            reply.write(json.dumps(worker.call(req["op"], req["path"], req["n"])) + "\n")
+            answer = worker.call(req["op"], req["path"], req["n"], req["check"])
+            reply.write(json.dumps(answer) + "\n")
         except Exception as e:
             reply.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
 
@@ -506,6 +557,11 @@ def deepspeed_method(args: argparse.Namespace, nbytes: int) -> Method:
     }
     ds_python = args.deepspeed_python or os.environ.get("ZEROSPEED_DS_PYTHON")
     verdicts: dict[int, bool] = {}
+    checking = [True]
+
+    def set_checking(on: bool) -> None:
+        checking[0] = on
+
     if not ds_python:
         try:
             worker = DeepSpeedWorker(cfg)
@@ -521,7 +577,7 @@ def deepspeed_method(args: argparse.Namespace, nbytes: int) -> Method:
             return Method(label, "alt", "-", note=f"skipped: {one_line(e)}")
 
         def call(op: str, path: str, n: int) -> float:
-            r = worker.call(op, path, n)
+            r = worker.call(op, path, n, checking[0])
             if "ok" in r:
                 verdicts[n] = r["ok"]
             return r["seconds"]
@@ -533,6 +589,7 @@ def deepspeed_method(args: argparse.Namespace, nbytes: int) -> Method:
             lambda p, n: call("write", p, n),
             lambda p, n: call("read", p, n),
             lambda n: verdicts.pop(n),
+            set_checking=set_checking,
         )
 
     proc = subprocess.Popen(
@@ -551,7 +608,8 @@ def deepspeed_method(args: argparse.Namespace, nbytes: int) -> Method:
         return Method(label, "alt", "-", note=f"skipped: {ds_python}: {hello['error']}")
 
     def remote(op: str, path: str, n: int) -> float:
-        proc.stdin.write(json.dumps({"op": op, "path": path, "n": n}) + "\n")
+        request = {"op": op, "path": path, "n": n, "check": checking[0]}
+        proc.stdin.write(json.dumps(request) + "\n")
         proc.stdin.flush()
         r = json.loads(proc.stdout.readline() or '{"error": "the worker exited"}')
         if "error" in r:
@@ -572,6 +630,7 @@ def deepspeed_method(args: argparse.Namespace, nbytes: int) -> Method:
         lambda p, n: remote("read", p, n),
         lambda n: verdicts.pop(n),
         close=close,
+        set_checking=set_checking,
     )
 
 
@@ -590,7 +649,7 @@ def visit(
 ) -> None:
     """One write, cache drop and read of ``m`` at size ``n``; record times unless warm-up."""
     assert m.write is not None and m.read is not None
-    path = os.path.join(workdir, f"{i:02d}-{n}.bin")
+    path = file_for(m, i, n, workdir)
     if args.write_to == "new" and os.path.exists(path):
         os.unlink(path)
     w = m.write(path, n)
@@ -598,6 +657,7 @@ def visit(
     drop_file_cache(path, args.drop_caches)
     if warmup:
         bufs.clear_dst(n)
+    m.set_checking(warmup)
     r = m.read(path, n)
     cr = cached_fraction(path)
     if warmup:
@@ -612,20 +672,28 @@ def visit(
     drop_file_cache(path, args.drop_caches)  # leave nothing cached for the next method
 
 
+def file_for(m: Method, i: int, n: int, workdir: str) -> str:
+    """The file method ``i`` writes at size ``n``: the size's shared one, unless the method
+    replaces files (then its own)."""
+    return os.path.join(workdir, f"{i:02d}-{n}.bin" if m.truncates else f"shared-{n}.bin")
+
+
 def prepare_files(methods: list[Method], sizes: list[int], workdir: str, bufs: Buffers) -> None:
     """``--write-to existing``: write every file once (untimed), fsync it and drop its cache."""
-    for i, m in enumerate(methods):
-        if m.write is None or m.truncates:
-            continue
-        for n in sizes:
-            path = os.path.join(workdir, f"{i:02d}-{n}.bin")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                write_whole(fd, as_view(bufs.src, n))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            drop_file_cache(path, "fadvise")
+    paths = {
+        (file_for(m, i, n, workdir), n)
+        for i, m in enumerate(methods)
+        if m.write is not None and not m.truncates
+        for n in sizes
+    }
+    for path, n in sorted(paths):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_whole(fd, as_view(bufs.src, n))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        drop_file_cache(path, "fadvise")
 
 
 def gbps(m: Method, n: int, op: str) -> list[float]:
@@ -755,6 +823,7 @@ def main() -> None:
 
     bufs = Buffers(largest)
     methods = [zero_aio_method(b, bufs, args) for b in backends]
+    methods.append(zero_aio_method(backends[0], bufs, args, control=True))
     methods += [zero_aio_save_method(bufs), fio_method(args)]
     methods.append(deepspeed_method(args, largest))
     methods += [python_method(bufs, args, drop), torch_method(bufs, drop)]
@@ -777,6 +846,11 @@ def main() -> None:
         f"- settings for zero-aio, fio and DeepSpeed: block size {args.block_size}, queue "
         f"depth {args.queue_depth}, intra-op parallelism {args.intra_op_parallelism} (fio: "
         f"numjobs), single_submit {args.single_submit}, overlap_events {args.overlap_events}"
+    )
+    print(
+        "- buffers: each library's own locked memory (zero-aio's new_cpu_locked_tensor: huge "
+        "pages from 2 MiB; DeepSpeed's: 4 KiB pages); the control row: torch.empty, 4 KiB "
+        "pages; files: one per size shared by every in-place writer, one per replacing writer"
     )
     print(
         f"- writes: timed to durability (write + fsync of the file) for every row; "
