@@ -10,9 +10,21 @@ What it measures
       including its communication), median of ``--steps`` after warm-up.
     * Convergence: held-out loss vs step on a small regression task (an 8-32-1 tanh MLP
       fitting ``sin(x @ w)`` plus noise of std 0.3, so the loss floor is 0.09), batch 64
-      per rank, ``--train-steps`` steps, freeze after ``--freeze`` steps, for AdamW and
-      FusedLamb (gradients all-reduced in fp32) and OnebitAdam, ZeroOneAdam, OnebitLamb.
-      Final loss = mean over the last 20 steps. Writes a PNG when matplotlib imports.
+      per rank, ``--train-steps`` steps, for AdamW and FusedLamb (gradients all-reduced in
+      fp32) and OnebitAdam, ZeroOneAdam, OnebitLamb. Final loss = mean over the last 20
+      steps. Writes a PNG when matplotlib imports.
+
+Settings, all derived from the run length the way DeepSpeed's tutorials say to choose them:
+    * Learning rate, the same for all five: linear warm-up to ``--lr`` over the first
+      ``--warmup`` steps (default 10% of the run), then exponential decay that halves it
+      ``--halvings`` times by the last step (the shape of the BERT schedule the 0/1 Adam
+      defaults were derived from).
+    * OnebitAdam and OnebitLamb: ``freeze_step`` = ``--freeze`` (default 20% of the run;
+      the 1-bit Adam and 1-bit LAMB tutorials: "15-25% of the total training steps").
+    * ZeroOneAdam: ``var_freeze_step`` = the last warm-up step (tutorial: "usually the last
+      step of the learning rate warmup"); ``local_step_scaler`` = the steps in which the
+      learning rate halves, so the local-step interval doubles each time it does (the
+      tutorial's learning-rate-based policy), up to the default ``local_step_clipper`` 16.
 
 Run: ``python bench/onebit.py [--png docs/packages/zero-optim-onebit.png]``.
 Nothing here is a test; it prints markdown tables.
@@ -120,14 +132,30 @@ def batch(rank: int, step: int, size: int = 64) -> tuple[torch.Tensor, torch.Ten
     return x, torch.sin(x @ w) + 0.3 * torch.randn(size, 1, generator=gen)
 
 
-def _conv_rank(rank: int, store: str, out: str, train_steps: int, freeze: int, lr: float) -> None:
+def lr_factor(step: int, warmup: int, halving: float) -> float:
+    """The learning rate of step ``step + 1`` as a fraction of the peak (see the docstring)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 ** ((step - warmup) / halving)
+
+
+def _conv_rank(
+    rank: int,
+    store: str,
+    out: str,
+    train_steps: int,
+    warmup: int,
+    halving: int,
+    freeze: int,
+    lr: float,
+) -> None:
     _init(rank, store)
     makers = {
         "AdamW": (lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=0.0), True),
         "OnebitAdam": (lambda ps: OnebitAdam(ps, lr=lr, freeze_step=freeze, **GLOO), False),
         "ZeroOneAdam": (
             lambda ps: ZeroOneAdam(
-                ps, lr=lr, var_freeze_step=freeze, local_step_scaler=freeze, **GLOO
+                ps, lr=lr, var_freeze_step=warmup, local_step_scaler=halving, **GLOO
             ),
             False,
         ),
@@ -139,6 +167,9 @@ def _conv_rank(rank: int, store: str, out: str, train_steps: int, freeze: int, l
     for name, (make, reference) in makers.items():
         model = make_model()
         opt = make(model.parameters())
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, warmup, halving)
+        )
         losses = []
         for step in range(train_steps):
             x, y = batch(rank, step)
@@ -149,6 +180,7 @@ def _conv_rank(rank: int, store: str, out: str, train_steps: int, freeze: int, l
                     dist.all_reduce(p.grad)
                     p.grad.div_(2)
             opt.step()
+            schedule.step()
             with torch.no_grad():
                 losses.append(torch.nn.functional.mse_loss(model(x_eval), y_eval).item())
         curves[name] = losses
@@ -169,10 +201,19 @@ def main() -> None:
     parser.add_argument("--params", type=int, default=4 * 2**20)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--train-steps", type=int, default=1500)
-    parser.add_argument("--freeze", type=int, default=150)
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="LR warm-up steps (default: 10%% of the run)"
+    )
+    parser.add_argument("--halvings", type=int, default=4, help="LR halvings after warm-up")
+    parser.add_argument(
+        "--freeze", type=int, default=None, help="1-bit freeze_step (default: 20%% of the run)"
+    )
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--png", default=None)
     args = parser.parse_args()
+    warmup = args.warmup if args.warmup is not None else args.train_steps // 10
+    freeze = args.freeze if args.freeze is not None else args.train_steps // 5
+    halving = max(1, round((args.train_steps - warmup) / args.halvings))
 
     print(f"- torch {torch.__version__}, Python {platform.python_version()}, {platform.system()}")
     print(f"- CPUs: {os.cpu_count()}; load average at start: {os.getloadavg()}")
@@ -199,14 +240,15 @@ def main() -> None:
         " median step (0/1 Adam's occasional variance steps are fp32 all-reduces).\n"
     )
 
-    out = _spawn(_conv_rank, args.train_steps, args.freeze, args.lr)
+    out = _spawn(_conv_rank, args.train_steps, warmup, halving, freeze, args.lr)
     curves = torch.load(os.path.join(out, "conv0.pt"), weights_only=False)
     final = {name: sum(c[-20:]) / 20 for name, c in curves.items()}
     print(
-        f"**Convergence: held-out loss, {args.train_steps} steps, freeze after {args.freeze},"
-        f" lr {args.lr}**\n"
+        f"**Convergence: held-out loss, {args.train_steps} steps, lr {args.lr} warmed up over"
+        f" {warmup} steps then halved every {halving}; OnebitAdam/OnebitLamb freeze_step"
+        f" {freeze}; ZeroOneAdam var_freeze_step {warmup}, local_step_scaler {halving}**\n"
     )
-    marks = [0, args.freeze, args.train_steps // 4, args.train_steps // 2, args.train_steps - 1]
+    marks = [0, warmup, freeze, args.train_steps // 2, args.train_steps - 1]
     print(
         "| optimizer | " + " | ".join(f"step {m + 1}" for m in marks) + " | final | vs baseline |"
     )
@@ -227,7 +269,8 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(7, 4), dpi=80)
         for name, c in curves.items():
             ax.plot(range(1, len(c) + 1), c, label=name, linewidth=1)
-        ax.axvline(args.freeze, color="gray", linestyle=":", linewidth=1)
+        ax.axvline(warmup, color="gray", linestyle=":", linewidth=1, label="end of LR warm-up")
+        ax.axvline(freeze, color="gray", linestyle="--", linewidth=1, label="freeze_step")
         ax.set(xlabel="step", ylabel="held-out MSE", yscale="log", title="2 gloo ranks")
         ax.legend()
         fig.tight_layout()
