@@ -107,5 +107,5 @@ class OnebitAdam(OnebitOptimizer):
             state = self.state[p]
             step = state["step"].item()
             v = state["exp_avg_sq"]
-            denom = adam_denom(group, v, min(step, self.freeze_step), self.scratch_like(p))
+            denom = adam_denom(group, v, min(step, self.freeze_step), self._scratch_like(p))
             adamw_update(group, p, state["exp_avg"], denom, step)

@@ -126,7 +126,7 @@ class OnebitOptimizer(torch.optim.Optimizer):
         self._compressor: CompressedAllreduce | None = None
         self._layout: tuple[tuple[int, int], ...] = ()
         self._pending_errors: dict[str, Any] | None = None
-        self._scratch: list[torch.Tensor] = []  # 1D buffers, one per slot of ``scratch_like``
+        self._scratch: list[torch.Tensor] = []  # 1D buffers, one per slot of ``_scratch_like``
 
     @property
     def comm_counter(self) -> CommCounter:
@@ -204,7 +204,7 @@ class OnebitOptimizer(torch.optim.Optimizer):
             self._update_momentum(state["exp_avg"], g, beta1)
             state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
             v = state["exp_avg_sq"]
-            denom = adam_denom(group, v, float(state[var_step]), self.scratch_like(p))
+            denom = adam_denom(group, v, float(state[var_step]), self._scratch_like(p))
             step = state["step"].item()
             p.addcdiv_(
                 state["exp_avg"], denom, value=-(group["lr"] / bias_correction1(group, step))
@@ -224,7 +224,7 @@ class OnebitOptimizer(torch.optim.Optimizer):
         for m, avg in zip(momenta, self._compressed_average(momenta, layout)):
             m.copy_(avg)
 
-    def scratch_like(self, p: torch.Tensor, slot: int = 0) -> torch.Tensor:
+    def _scratch_like(self, p: torch.Tensor, slot: int = 0) -> torch.Tensor:
         """A buffer shaped like ``p`` whose contents are undefined and which the next call
         with the same ``slot`` reuses: room for the temporaries of a step (a denominator, a
         ratio) without allocating them every step. Distinct slots never share memory."""

@@ -219,8 +219,8 @@ class OnebitLamb(OnebitOptimizer):
         g_hat = torch.sub(m, m_prev.mul_(beta1), out=m_prev).div_(1 - beta1)
         fresh = state["exp_avg_sq_fresh"]
         fresh.mul_(beta2).addcmul_(g_hat, g_hat, value=1 - beta2)
-        denom = _denom(group, v, min(step, self.freeze_step), self.scratch_like(p, 0))
-        fresh_denom = _denom(group, fresh, step, self.scratch_like(p, 1))
+        denom = _denom(group, v, min(step, self.freeze_step), self._scratch_like(p, 0))
+        fresh_denom = _denom(group, fresh, step, self._scratch_like(p, 1))
         factor = torch.div(denom, fresh_denom, out=fresh_denom).max().float()
         last = state["lamb_factor"]
         factor = factor.clamp(group["factor_min"], group["factor_max"])

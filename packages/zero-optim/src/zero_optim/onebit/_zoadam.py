@@ -168,7 +168,7 @@ class ZeroOneAdam(OnebitOptimizer):
             for group, p, _ in found:
                 state = self.state[p]
                 denom = adam_denom(
-                    group, state["exp_avg_sq"], state["var_step"], self.scratch_like(p)
+                    group, state["exp_avg_sq"], state["var_step"], self._scratch_like(p)
                 )
                 adamw_update(group, p, state["exp_avg"], denom, state["step"].item())
         else:
@@ -185,7 +185,7 @@ class ZeroOneAdam(OnebitOptimizer):
             lr, wd = group["lr"], group["weight_decay"]
             self._update_momentum(state["exp_avg"], g, group["betas"][0])
             lr_t = lr / bias_correction1(group, state["step"].item())
-            denom = adam_denom(group, state["exp_avg_sq"], state["var_step"], self.scratch_like(p))
+            denom = adam_denom(group, state["exp_avg_sq"], state["var_step"], self._scratch_like(p))
             if wd != 0:
                 p.mul_(1 - lr * wd)
                 state["local_decay"] *= 1 - lr * wd
@@ -200,7 +200,7 @@ class ZeroOneAdam(OnebitOptimizer):
         layout = (_SUM, *(key for _, _, key in found))
         for (group, p, _), avg in zip(found, self._compressed_average(sums, layout)):
             state = self.state[p]
-            denom = adam_denom(group, state["exp_avg_sq"], state["var_step"], self.scratch_like(p))
+            denom = adam_denom(group, state["exp_avg_sq"], state["var_step"], self._scratch_like(p))
             torch.mul(state["anchor"], state["local_decay"].to(p.dtype), out=p)
             p.addcdiv_(avg, denom, value=-1.0)
             scale = state["local_scale"].item()
