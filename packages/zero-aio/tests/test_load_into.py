@@ -43,8 +43,12 @@ def small_handle(backend: str) -> zero_aio.aio_handle:
     return zero_aio.aio_handle(block_size=65536, queue_depth=8, backend=backend)
 
 
-@pytest.mark.parametrize("lined_up", [True, False], ids=["direct", "staged"])
-def test_every_tensor_lands_in_the_callers_memory(saved, backend, lined_up):
+@pytest.mark.parametrize(
+    ("lined_up", "direct"),
+    [(True, True), (True, False), (False, True)],
+    ids=["direct", "staged", "not-lined-up"],
+)
+def test_every_tensor_lands_in_the_callers_memory(saved, backend, lined_up, direct):
     path, tensors = saved
     offsets = {e.name: e.offset for e in zero_aio.read_index(path)[0]}
     out = {
@@ -52,7 +56,7 @@ def test_every_tensor_lands_in_the_callers_memory(saved, backend, lined_up):
         for k, v in tensors.items()
     }
     pointers = {k: v.data_ptr() for k, v in out.items()}
-    got = zero_aio.load_into(path, out, handle=small_handle(backend))
+    got = zero_aio.load_into(path, out, handle=small_handle(backend), direct=direct)
     assert_same(tensors, got)
     assert all(got[k] is out[k] and out[k].data_ptr() == pointers[k] for k in out)
 
@@ -81,12 +85,14 @@ def test_a_corrupt_tensor_is_named_and_verify_false_reads_it(saved, where):
     entry = next(e for e in zero_aio.read_index(path)[0] if e.name == name)
     flip_byte(path, entry.offset + entry.nbytes - 3)  # in the last request of "large"
     like = tensors[name]
-    dest = at_phase(like, entry.offset + (64 if where == "staged" else 0))
+    dest = at_phase(like, entry.offset)
+    direct = where == "direct"
     with pytest.raises(zero_aio.ChecksumError, match=f"'{name}'") as info:
-        zero_aio.load_into(path, {name: dest, "half": torch.empty(3, 3, dtype=torch.half)})
+        half = torch.empty(3, 3, dtype=torch.half)
+        zero_aio.load_into(path, {name: dest, "half": half}, direct=direct)
     assert info.value.tensor == name and info.value.offset == entry.offset
     assert info.value.filename == os.fspath(path)
-    zero_aio.load_into(path, {name: dest}, verify=False)
+    zero_aio.load_into(path, {name: dest}, verify=False, direct=direct)
     assert (dest != like).sum() == 1  # the flipped byte, and only it
 
 
@@ -174,7 +180,7 @@ def test_the_plan_covers_every_byte_once_and_goes_direct_only_when_lined_up():
     targets = [
         _Target(e, host_bytes(e.nbytes, phase=e.offset + p)) for e, p in zip(entries, phases)
     ]
-    jobs = _plan(targets, chunk)
+    jobs = _plan(targets, chunk, direct=True)
     covered: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(targets))}
     for job in jobs:
         assert 0 < job.nbytes <= chunk
@@ -200,3 +206,4 @@ def test_the_plan_covers_every_byte_once_and_goes_direct_only_when_lined_up():
     assert direct == {"t2", "t4", "t6"}  # t3 and t8 are large but 64 / 128 bytes off
     offsets = [j.offset for j in jobs]
     assert offsets == sorted(offsets)  # one pass through the file
+    assert all(j.into is None for j in _plan(targets, chunk, direct=False))  # all staged

@@ -49,3 +49,21 @@ def test_a_name_the_file_does_not_hold(tmp_path):
     zero_aio.save({"a": torch.ones(3)}, path)
     with pytest.raises(KeyError, match=r"no tensor 'b'.*holds: a"):
         load_tensors(path, ["a", "b"])
+
+
+def test_entries_given_are_used_instead_of_reading_the_index(tmp_path, monkeypatch):
+    from zero_aio import _read
+
+    path = tmp_path / "t.zaio"
+    zero_aio.save(some_tensors(), path)
+    entries = zero_aio.read_index(path)[0]
+
+    def no_index(_path):
+        raise AssertionError("the index was read again")
+
+    monkeypatch.setattr(_read, "read_index", no_index)
+    got = load_tensors(path, ["ids", "big"], entries=entries)
+    assert torch.equal(got["ids"], torch.arange(17))
+    assert torch.equal(got["big"], some_tensors()["big"])
+    with pytest.raises(AssertionError, match="read again"):
+        load_tensors(path, ["ids"])
