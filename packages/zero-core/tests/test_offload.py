@@ -84,9 +84,12 @@ def _held_before_step(rank: int, engine: Any, step: int) -> dict[str, Any]:
     opt = engine.optimizer
     partitions = [s.grad for s in opt.shards if s.grad is not None]
     state = [v for st in opt.inner.state.values() for v in st.values() if torch.is_tensor(v)]
+    # fp32 stage 3 steps the weight shards themselves: those stay on the device either way
+    shards = {s.local.data_ptr() for s in opt.shards if s.local is not None}
+    masters = [m for m in opt.masters if m.data_ptr() not in shards]
     return {
         "device_bytes": device_bytes(engine),
-        "optimizer_bytes": _storage_bytes(partitions + opt.masters + state),
+        "optimizer_bytes": _storage_bytes(partitions + masters + state),
         "partitions": len(partitions),
         # each partition its own buffer of its own size (no view of a reduced bucket)
         "own_buffers": all(g.untyped_storage().nbytes() == g.numel() * 4 for g in partitions),
