@@ -17,11 +17,11 @@ What it measures
 
     Every method trains the same model from the same seed with ``torch.optim.AdamW``
     (lr 1e-4, betas (0.9, 0.95), eps 1e-8, weight_decay 0.01, torch's default CPU
-    implementation). For zero_core the JSON's ``"optimizer": {"type": "AdamW"}`` resolves to
-    ``torch.optim.AdamW`` by name (zero-optim not installed); DeepSpeed's JSON carries the
-    same block plus ``"torch_adam": true`` (without it DeepSpeed would pick its own FusedAdam
-    kernel, a different implementation; zero_core refuses that key). DDP and FSDP2 build
-    ``torch.optim.AdamW`` directly.
+    implementation), so the table compares engines, not optimizer kernels. The JSON of
+    zero_core and DeepSpeed says ``"optimizer": {"type": "AdamW"}`` with ``"torch_adam":
+    true`` (without it DeepSpeed would pick its own FusedAdam kernel and zero_core, with
+    zero-optim installed, zero-optim's CPUAdam). DDP and FSDP2 build ``torch.optim.AdamW``
+    directly.
 
     Precision (``--dtypes``): ``fp32``; ``bf16`` = the JSON's ``"bf16": {"enabled": true}``
     for zero_core and DeepSpeed (bf16 weights and compute, fp32 master weights and optimizer
@@ -115,11 +115,9 @@ def count_params(size: str) -> int:
     return vocab * d + seq * d + layers * block + 2 * d + vocab * d
 
 
-def ds_config(stage: int, dtype: str, size: str, *, deepspeed: bool) -> dict[str, Any]:
-    """The DeepSpeed JSON config both engines get (DeepSpeed's adds ``torch_adam``)."""
-    params: dict[str, Any] = dict(ADAMW)
-    if deepspeed:
-        params["torch_adam"] = True
+def ds_config(stage: int, dtype: str, size: str) -> dict[str, Any]:
+    """The DeepSpeed JSON config both engines get."""
+    params: dict[str, Any] = {**ADAMW, "torch_adam": True}
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": SIZES[size][5],
         "gradient_accumulation_steps": 1,
@@ -297,9 +295,7 @@ def worker(args: argparse.Namespace) -> None:
     if method == "zero":
         import zero_core
 
-        engine, opt, _, _ = zero_core.initialize(
-            model=model, config=ds_config(stage, dtype, size, deepspeed=False)
-        )
+        engine, opt, _, _ = zero_core.initialize(model=model, config=ds_config(stage, dtype, size))
 
         def step(x: Any, y: Any) -> float:
             loss = engine(x, y)
@@ -312,7 +308,7 @@ def worker(args: argparse.Namespace) -> None:
         engine, opt, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=model.parameters(),
-            config=ds_config(stage, dtype, size, deepspeed=True),
+            config=ds_config(stage, dtype, size),
         )
 
         def step(x: Any, y: Any) -> float:
@@ -704,8 +700,8 @@ def main() -> None:
         f"round(s) in rotated order; ms/step = median over all timed steps of the slower rank"
     )
     print(
-        "- JSON config (zero_core; DeepSpeed's adds optimizer.params.torch_adam=true): "
-        f"`{json.dumps(ds_config(1, 'fp32', args.model_size, deepspeed=False))}` with the "
+        "- JSON config (zero_core and DeepSpeed): "
+        f"`{json.dumps(ds_config(1, 'fp32', args.model_size))}` with the "
         'row\'s stage (and `"bf16": {"enabled": true}` for bf16 rows)'
     )
     print()
