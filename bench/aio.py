@@ -7,9 +7,9 @@ What it measures
     * a ``zero_aio.aio_handle`` on each usable backend (libaio, io_uring, threads; see
       ``zero_aio.backends()``), with ``--block-size``, ``--queue-depth`` and
       ``--intra-op-parallelism`` (and ``--single-submit`` / ``--overlap-events``);
-    * a control row, not counted as zero-aio's: its first backend moving the same bytes
-      from and into page-aligned ``torch.empty`` memory (4 KiB pages) instead of its own
-      locked buffers (huge pages), which separates the engine from the memory;
+    * a control row, not counted as zero-aio's: zero-aio's first backend run inside
+      DeepSpeed's process on DeepSpeed's own buffers (zero-aio imported there from this
+      interpreter's path, appended last), so only the engines differ from DeepSpeed's row;
     * fio (``ioengine=libaio``, ``direct=1``, the same block size and iodepth, one job per
       intra-op thread, each on its own contiguous slice of the file) when fio is installed;
     * DeepSpeed's ``aio_handle`` (its ``async_io`` op, JIT-built on first use) with the same
@@ -35,7 +35,9 @@ Method
       filled with random bytes (seed 0); every in-process method uses them (smaller sizes
       use their first bytes). DeepSpeed's subprocess allocates its own with its handle's
       ``new_cpu_locked_tensor`` (4 KiB pages) and the same seed, so it never copies through
-      a bounce buffer. The control row has its own pair over 4 KiB pages.
+      a bounce buffer. Those buffers differ in more than page size: where a buffer's 4 KiB
+      pages happen to lie in physical memory moved the same engine up to 1.6x apart from
+      one buffer to the next here, hence the control row.
     * Files: one per size under ``--dir``, shared by every method that overwrites a file in
       place, so all of them write and read the same disk blocks (a file of its own per
       method measured up to 1.5x apart from another's with the same engine); methods that
@@ -252,16 +254,8 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def page_aligned(nbytes: int) -> torch.Tensor:
-    """``nbytes`` of torch's own CPU memory (4 KiB pages) starting on a page, zeroed."""
-    raw = torch.zeros(nbytes + _PAGE, dtype=torch.uint8)
-    skip = (-raw.data_ptr()) % _PAGE
-    return raw[skip : skip + nbytes]
-
-
 class Buffers:
-    """The source (random bytes) and destination buffers every in-process method shares,
-    and the control row's pair over 4 KiB pages."""
+    """The source (random bytes) and destination buffers every in-process method shares."""
 
     def __init__(self, nbytes: int) -> None:
         import zero_aio
@@ -271,8 +265,6 @@ class Buffers:
         self.src = self._owner.new_cpu_locked_tensor(nbytes, example)
         self.dst = self._owner.new_cpu_locked_tensor(nbytes, example)
         fill_random(self.src)
-        self.plain_src, self.plain_dst = page_aligned(nbytes), page_aligned(nbytes)
-        self.plain_src.copy_(self.src)
         self._contiguous: dict[int, torch.Tensor] = {}
 
     def src_tensor(self, n: int) -> torch.Tensor:
@@ -286,19 +278,11 @@ class Buffers:
     def dst_matches(self, n: int) -> bool:
         return torch.equal(self.dst[:n], self.src[:n])
 
-    def plain_dst_matches(self, n: int) -> bool:
-        return torch.equal(self.plain_dst[:n], self.src[:n])
-
     def clear_dst(self, n: int) -> None:
         self.dst[:n].zero_()
-        self.plain_dst[:n].zero_()
 
 
-def zero_aio_method(
-    backend: str, bufs: Buffers, args: argparse.Namespace, *, control: bool = False
-) -> Method:
-    """A handle on ``backend`` moving ``bufs``' locked buffers (or, as the control row, the
-    4 KiB-page pair)."""
+def zero_aio_method(backend: str, bufs: Buffers, args: argparse.Namespace) -> Method:
     import zero_aio
 
     h = zero_aio.aio_handle(
@@ -310,23 +294,12 @@ def zero_aio_method(
         backend=backend,
     )
 
-    src, dst = (bufs.plain_src, bufs.plain_dst) if control else (bufs.src, bufs.dst)
-
     def write(path: str, n: int) -> float:
-        return timed(lambda: (h.sync_pwrite(src[:n], path), fsync_path(path)))
+        return timed(lambda: (h.sync_pwrite(bufs.src[:n], path), fsync_path(path)))
 
     def read(path: str, n: int) -> float:
-        return timed(lambda: h.sync_pread(dst[:n], path))
+        return timed(lambda: h.sync_pread(bufs.dst[:n], path))
 
-    if control:
-        return Method(
-            f"control: {ZERO} aio_handle ({backend}), torch.empty buffers (4 KiB pages)",
-            "control",
-            "bypassed: O_DIRECT",
-            write,
-            read,
-            bufs.plain_dst_matches,
-        )
     return Method(
         f"{ZERO} aio_handle ({backend})",
         "zero",
@@ -471,7 +444,8 @@ def torch_method(bufs: Buffers, drop: str) -> Method:
 
 
 class DeepSpeedWorker:
-    """DeepSpeed's aio_handle over locked buffers of ``nbytes``; each call times itself."""
+    """DeepSpeed's aio_handle over locked buffers of ``nbytes`` and, for the control row, a
+    zero-aio handle over the very same buffers; each call times itself."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         import deepspeed
@@ -482,43 +456,67 @@ class DeepSpeedWorker:
             if not builder.is_compatible(verbose=False):
                 raise RuntimeError("DeepSpeed's async_io op is not compatible here (libaio-dev?)")
             aio = builder.load(verbose=False)
-        self.handle = aio.aio_handle(
-            cfg["block_size"],
-            cfg["queue_depth"],
-            cfg["single_submit"],
-            cfg["overlap_events"],
-            cfg["intra_op_parallelism"],
-        )
+        settings = [cfg[k] for k in HANDLE_SETTINGS]
+        self.handle = aio.aio_handle(*settings)
         example = torch.empty(0, dtype=torch.uint8)
         self.src = self.handle.new_cpu_locked_tensor(cfg["nbytes"], example)
         self.dst = self.handle.new_cpu_locked_tensor(cfg["nbytes"], example)
         fill_random(self.src)
         self.version = deepspeed.__version__
+        self.zero: Any = None
+        self.zero_note = ""
+        try:
+            if cfg["zero_aio_path"] not in sys.path:  # last: this interpreter's torch wins
+                sys.path.append(cfg["zero_aio_path"])
+            import zero_aio
 
-    def call(self, op: str, path: str, n: int, check: bool) -> dict[str, Any]:
-        """Time one write (+ fsync) or read; ``check`` (warm-up only) clears the destination
-        before the read and compares it after, untimed, as the in-process rows do."""
+            self.zero = zero_aio.aio_handle(*settings, backend=cfg["zero_aio_backend"])
+        except Exception as e:  # the control row says why it is missing
+            self.zero_note = one_line(e)
+
+    def _engine(self, engine: str) -> tuple[Callable[[int, str], None], Callable[[int, str], None]]:
+        if engine == ZERO:
+            if self.zero is None:
+                raise RuntimeError(f"zero_aio does not work in this interpreter: {self.zero_note}")
+            return (
+                lambda n, path: self.zero.sync_pwrite(self.src[:n], path),
+                lambda n, path: self.zero.sync_pread(self.dst[:n], path),
+            )
+
+        def write(n: int, path: str) -> None:
+            if self.handle.sync_pwrite(self.src[:n], path) < 0:
+                raise OSError(f"DeepSpeed sync_pwrite of {path} failed")
+
+        def read(n: int, path: str) -> None:
+            if self.handle.sync_pread(self.dst[:n], path) < 0:
+                raise OSError(f"DeepSpeed sync_pread of {path} failed")
+
+        return write, read
+
+    def call(self, engine: str, op: str, path: str, n: int, check: bool) -> dict[str, Any]:
+        """Time one write (+ fsync) or read by ``engine`` ("deepspeed" or zero-aio's);
+        ``check`` (warm-up only) clears the destination before a read and compares it after,
+        untimed, as the in-process rows do."""
+        write, read = self._engine(engine)
         if op == "write":
+            return {"seconds": timed(lambda: (write(n, path), fsync_path(path)))}
+        if op != "read":
+            raise ValueError(f"unknown op {op!r}")
+        if check:
+            self.dst[:n].zero_()
+        seconds = timed(lambda: read(n, path))
+        if not check:
+            return {"seconds": seconds}
+        return {"seconds": seconds, "ok": torch.equal(self.dst[:n], self.src[:n])}
 
-            def go() -> None:
-                if self.handle.sync_pwrite(self.src[:n], path) < 0:
-                    raise OSError(f"DeepSpeed sync_pwrite of {path} failed")
-                fsync_path(path)
 
-            return {"seconds": timed(go)}
-        if op == "read":
-            if check:
-                self.dst[:n].zero_()
-
-            def go() -> None:
-                if self.handle.sync_pread(self.dst[:n], path) < 0:
-                    raise OSError(f"DeepSpeed sync_pread of {path} failed")
-
-            seconds = timed(go)
-            if not check:
-                return {"seconds": seconds}
-            return {"seconds": seconds, "ok": torch.equal(self.dst[:n], self.src[:n])}
-        raise ValueError(f"unknown op {op!r}")
+HANDLE_SETTINGS = (
+    "block_size",
+    "queue_depth",
+    "single_submit",
+    "overlap_events",
+    "intra_op_parallelism",
+)
 
 
 def deepspeed_worker_main() -> None:
@@ -530,11 +528,11 @@ def deepspeed_worker_main() -> None:
     except Exception as e:  # the parent prints the reason in the row
         reply.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
         return
-    reply.write(json.dumps({"ready": worker.version}) + "\n")
+    reply.write(json.dumps({"ready": worker.version, "zero_note": worker.zero_note}) + "\n")
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            answer = worker.call(req["op"], req["path"], req["n"], req["check"])
+            answer = worker.call(req["engine"], req["op"], req["path"], req["n"], req["check"])
             reply.write(json.dumps(answer) + "\n")
         except Exception as e:
             reply.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
@@ -544,94 +542,102 @@ def one_line(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 
-def deepspeed_method(args: argparse.Namespace, nbytes: int) -> Method:
+class DeepSpeedLink:
+    """Requests to a DeepSpeedWorker, in this process or in a subprocess under the
+    interpreter that has deepspeed (``--deepspeed-python``)."""
+
+    def __init__(self, cfg: dict[str, Any], ds_python: str | None) -> None:
+        self.worker: DeepSpeedWorker | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        if not ds_python:
+            self.worker = DeepSpeedWorker(cfg)
+            self.version, self.zero_note = self.worker.version, self.worker.zero_note
+            self.where = "in-process"
+            return
+        self.proc = subprocess.Popen(
+            [ds_python, os.path.abspath(__file__), "--deepspeed-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        hello = self._send(cfg)
+        self.version, self.zero_note = hello["ready"], hello["zero_note"]
+        self.where = f"subprocess: {ds_python}"
+
+    def _send(self, message: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline() or '{"error": "the worker exited"}')
+        if "error" in answer:
+            self.close()
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def call(self, engine: str, op: str, path: str, n: int, check: bool) -> dict[str, Any]:
+        if self.worker is not None:
+            return self.worker.call(engine, op, path, n, check)
+        request = {"engine": engine, "op": op, "path": path, "n": n, "check": check}
+        return self._send(request)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def deepspeed_methods(args: argparse.Namespace, nbytes: int, backend: str) -> list[Method]:
+    """DeepSpeed's row and the control row (zero-aio's ``backend`` in the same process, on
+    the same buffers, so only the engines differ)."""
+    import zero_aio
+
     label = "DeepSpeed aio_handle"
+    control = f"control: {ZERO} aio_handle ({backend}) on DeepSpeed's buffers, in its process"
     cache = "bypassed: O_DIRECT"
-    cfg = {
-        "block_size": args.block_size,
-        "queue_depth": args.queue_depth,
-        "single_submit": args.single_submit,
-        "overlap_events": args.overlap_events,
-        "intra_op_parallelism": args.intra_op_parallelism,
-        "nbytes": nbytes,
-    }
+    cfg = {k: getattr(args, k) for k in HANDLE_SETTINGS}
+    cfg["nbytes"] = nbytes
+    cfg["zero_aio_path"] = os.path.dirname(os.path.dirname(os.path.abspath(zero_aio.__file__)))
+    cfg["zero_aio_backend"] = backend
     ds_python = args.deepspeed_python or os.environ.get("ZEROSPEED_DS_PYTHON")
-    verdicts: dict[int, bool] = {}
-    checking = [True]
+    try:
+        link = DeepSpeedLink(cfg, ds_python)
+    except ImportError as e:
+        note = f"skipped: deepspeed does not import here ({one_line(e)}); give --deepspeed-python"
+    except Exception as e:
+        note = f"skipped: {ds_python or 'in-process'}: {one_line(e)}"
+    else:
+        note = ""
+    if note:
+        return [Method(label, "alt", "-", note=note), Method(control, "control", "-", note=note)]
 
-    def set_checking(on: bool) -> None:
-        checking[0] = on
+    def method(engine: str, name: str, kind: str) -> Method:
+        verdicts: dict[int, bool] = {}
+        checking = [True]
 
-    if not ds_python:
-        try:
-            worker = DeepSpeedWorker(cfg)
-        except ImportError as e:
-            return Method(
-                label,
-                "alt",
-                "-",
-                note=f"skipped: deepspeed does not import here ({one_line(e)}); "
-                "give --deepspeed-python PATH",
-            )
-        except Exception as e:
-            return Method(label, "alt", "-", note=f"skipped: {one_line(e)}")
-
-        def call(op: str, path: str, n: int) -> float:
-            r = worker.call(op, path, n, checking[0])
+        def run(op: str, path: str, n: int) -> float:
+            r = link.call(engine, op, path, n, checking[0])
             if "ok" in r:
                 verdicts[n] = r["ok"]
             return r["seconds"]
 
         return Method(
-            f"{label} (deepspeed {worker.version}, in-process)",
-            "alt",
+            name,
+            kind,
             cache,
-            lambda p, n: call("write", p, n),
-            lambda p, n: call("read", p, n),
+            lambda p, n: run("write", p, n),
+            lambda p, n: run("read", p, n),
             lambda n: verdicts.pop(n),
-            set_checking=set_checking,
+            close=link.close,
+            set_checking=lambda on: checking.__setitem__(0, on),
         )
 
-    proc = subprocess.Popen(
-        [ds_python, os.path.abspath(__file__), "--deepspeed-worker"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    ours = (
+        method(ZERO, control, "control")
+        if not link.zero_note
+        else Method(control, "control", "-", note=f"skipped: {link.zero_note}")
     )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps(cfg) + "\n")
-    proc.stdin.flush()
-    hello = json.loads(proc.stdout.readline() or '{"error": "the worker exited"}')
-    if "error" in hello:
-        proc.kill()
-        proc.wait()
-        return Method(label, "alt", "-", note=f"skipped: {ds_python}: {hello['error']}")
-
-    def remote(op: str, path: str, n: int) -> float:
-        request = {"op": op, "path": path, "n": n, "check": checking[0]}
-        proc.stdin.write(json.dumps(request) + "\n")
-        proc.stdin.flush()
-        r = json.loads(proc.stdout.readline() or '{"error": "the worker exited"}')
-        if "error" in r:
-            raise RuntimeError(f"DeepSpeed worker: {r['error']}")
-        if "ok" in r:
-            verdicts[n] = r["ok"]
-        return r["seconds"]
-
-    def close() -> None:
-        proc.stdin.close()
-        proc.wait(timeout=60)
-
-    return Method(
-        f"{label} (deepspeed {hello['ready']}, subprocess: {ds_python})",
-        "alt",
-        cache,
-        lambda p, n: remote("write", p, n),
-        lambda p, n: remote("read", p, n),
-        lambda n: verdicts.pop(n),
-        close=close,
-        set_checking=set_checking,
-    )
+    return [method("deepspeed", f"{label} (deepspeed {link.version}, {link.where})", "alt"), ours]
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -823,9 +829,8 @@ def main() -> None:
 
     bufs = Buffers(largest)
     methods = [zero_aio_method(b, bufs, args) for b in backends]
-    methods.append(zero_aio_method(backends[0], bufs, args, control=True))
     methods += [zero_aio_save_method(bufs), fio_method(args)]
-    methods.append(deepspeed_method(args, largest))
+    methods += deepspeed_methods(args, largest, backends[0])
     methods += [python_method(bufs, args, drop), torch_method(bufs, drop)]
     runnable = [m for m in methods if m.write is not None]
 
@@ -849,8 +854,9 @@ def main() -> None:
     )
     print(
         "- buffers: each library's own locked memory (zero-aio's new_cpu_locked_tensor: huge "
-        "pages from 2 MiB; DeepSpeed's: 4 KiB pages); the control row: torch.empty, 4 KiB "
-        "pages; files: one per size shared by every in-place writer, one per replacing writer"
+        "pages from 2 MiB; DeepSpeed's: posix_memalign + mlock, 4 KiB pages); the control "
+        "row: zero-aio in DeepSpeed's process on DeepSpeed's buffers; files: one per size "
+        "shared by every in-place writer, one per replacing writer"
     )
     print(
         f"- writes: timed to durability (write + fsync of the file) for every row; "
