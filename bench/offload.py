@@ -661,7 +661,7 @@ def main() -> None:
     parser.add_argument("--cap-mib", type=int, default=384, help="device-memory cap per rank")
     parser.add_argument("--nvme-dir", default=None, help="where swap files go (default: $TMPDIR)")
     parser.add_argument("--only", default="a,b,c", help="configurations to run (a,b,c)")
-    parser.add_argument("--max-k", type=int, default=16, help="largest family size considered")
+    parser.add_argument("--max-k", type=int, default=17, help="largest family size considered")
     parser.add_argument("--aio-size", default="256M", help="zero-aio-bench file size")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per run")
     parser.add_argument(
