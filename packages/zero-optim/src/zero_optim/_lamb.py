@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ._validate import check_betas, check_nonnegative, refuse_amsgrad
+from ._validate import adam_family_defaults, check_nonnegative, refuse_amsgrad
 
 __all__ = ["FusedLamb"]
 
@@ -75,13 +75,15 @@ class FusedLamb(torch.optim.Optimizer):
                 f"min_coeff must be <= max_coeff, got min_coeff={min_coeff} > max_coeff={max_coeff}"
             )
         defaults = {
-            "lr": check_nonnegative("lr", lr),
-            "bias_correction": bool(bias_correction),
-            "betas": check_betas(betas),
-            "eps": check_nonnegative("eps", eps),
-            "eps_inside_sqrt": bool(eps_inside_sqrt),
-            "weight_decay": check_nonnegative("weight_decay", weight_decay),
-            "max_grad_norm": check_nonnegative("max_grad_norm", max_grad_norm),
+            **adam_family_defaults(
+                lr=lr,
+                bias_correction=bias_correction,
+                betas=betas,
+                eps=eps,
+                eps_inside_sqrt=eps_inside_sqrt,
+                weight_decay=weight_decay,
+                max_grad_norm=max_grad_norm,
+            ),
             "max_coeff": max_coeff,
             "min_coeff": min_coeff,
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["check_betas", "check_nonnegative", "refuse_amsgrad"]
+__all__ = ["adam_family_defaults", "check_betas", "check_nonnegative", "refuse_amsgrad"]
 
 
 def check_nonnegative(name: str, value: Any) -> float:
@@ -36,3 +36,26 @@ def refuse_amsgrad(amsgrad: Any, name: str, hint: str) -> None:
     """Raise for ``amsgrad=True``, which none of zero-optim's optimizers implement."""
     if amsgrad:
         raise ValueError(f"{name} does not implement amsgrad; {hint}")
+
+
+def adam_family_defaults(
+    *,
+    lr: Any,
+    bias_correction: Any,
+    betas: Any,
+    eps: Any,
+    eps_inside_sqrt: Any,
+    weight_decay: Any,
+    max_grad_norm: Any,
+) -> dict[str, Any]:
+    """The checked ``defaults`` the LAMB and 1-bit optimizers share (DeepSpeed gives them the
+    same arguments), each bad value named by its key."""
+    return {
+        "lr": check_nonnegative("lr", lr),
+        "bias_correction": bool(bias_correction),
+        "betas": check_betas(betas),
+        "eps": check_nonnegative("eps", eps),
+        "eps_inside_sqrt": bool(eps_inside_sqrt),
+        "weight_decay": check_nonnegative("weight_decay", weight_decay),
+        "max_grad_norm": check_nonnegative("max_grad_norm", max_grad_norm),
+    }

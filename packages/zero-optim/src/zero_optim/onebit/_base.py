@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .._validate import check_betas, check_nonnegative, refuse_amsgrad
+from .._validate import adam_family_defaults, refuse_amsgrad
 from ._collective import CompressedAllreduce
 from ._comm import CommCounter, CommGroup
 
@@ -111,13 +111,15 @@ class OnebitOptimizer(torch.optim.Optimizer):
         if not isinstance(cuda_aware, bool):
             raise TypeError(f"cuda_aware must be true or false, got {cuda_aware!r}")
         defaults = {
-            "lr": check_nonnegative("lr", lr),
-            "bias_correction": bool(bias_correction),
-            "betas": check_betas(betas),
-            "eps": check_nonnegative("eps", eps),
-            "eps_inside_sqrt": bool(eps_inside_sqrt),
-            "weight_decay": check_nonnegative("weight_decay", weight_decay),
-            "max_grad_norm": check_nonnegative("max_grad_norm", max_grad_norm),
+            **adam_family_defaults(
+                lr=lr,
+                bias_correction=bias_correction,
+                betas=betas,
+                eps=eps,
+                eps_inside_sqrt=eps_inside_sqrt,
+                weight_decay=weight_decay,
+                max_grad_norm=max_grad_norm,
+            ),
             **(extra_defaults or {}),
         }
         self.comm = CommGroup(comm_backend_name, cuda_aware)
