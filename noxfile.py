@@ -41,6 +41,8 @@ META = "zerospeed"
 
 DEFAULT_TORCH = "torch==2.13.0"
 TORCH_ENV = "ZEROSPEED_TORCH"
+#: Set by .ci/run: the build session deletes each clean-install venv once its import passed.
+PRUNE_ENV = "ZEROSPEED_PRUNE_VENVS"
 TEST_DEPS = ["pytest>=8"]
 #: Optional extras installed with a package for its tests (declared in its pyproject).
 TEST_EXTRAS: dict[str, str] = {"zero-sched": "plot"}
@@ -100,10 +102,13 @@ def install_torch(session: nox.Session) -> list[str]:
         try:
             session.install("--no-index", "--no-deps", DEFAULT_TORCH)
         except CommandFailed:
+            free_gib = shutil.disk_usage(session.virtualenv.location).free / 2**30
             session.error(
-                f"no local wheel for {DEFAULT_TORCH} on this machine. Set {TORCH_ENV} to the pip "
-                f"arguments for the torch you want, e.g. {TORCH_ENV}='torch==2.13.0 --index-url "
-                f"<CPU or CUDA wheel index>' or a path to a wheel."
+                f"could not install {DEFAULT_TORCH} from a wheel on this machine (pip's error is "
+                f"above; {free_gib:.1f} GiB free on the venv's disk, torch needs about 1 GiB). "
+                f"Without a local wheel, set {TORCH_ENV} to the pip arguments for the torch you "
+                f"want, e.g. {TORCH_ENV}='torch==2.13.0 --index-url <CPU or CUDA wheel index>' "
+                f"or a path to a wheel."
             )
         session.install(DEFAULT_TORCH)  # its own dependencies, from the index
     version = (
@@ -264,6 +269,8 @@ def build(session: nox.Session) -> None:
             f"import {import_name}; print({import_name}.__name__, {import_name}.__version__)",
             external=True,
         )
+        if os.environ.get(PRUNE_ENV):
+            shutil.rmtree(venv)  # each holds a torch; .ci/run keeps CI's disk use near 2 GB
 
 
 @nox.session
