@@ -11,6 +11,22 @@ Params of a group that share dtypes (param, grad, state, copy) and step count ar
 single call into C++, which splits their combined elements evenly across threads. A model
 with hundreds of small tensors thus costs one GIL release and one thread wake-up per group,
 not per tensor.
+
+[Note: checks at a per-tensor cost torch's fused step has]
+The checks run on every step (a user may swap a grad or a state between steps), so for a
+model of many small tensors their cost is the step's cost. The common case, a param with
+state and everything dense, contiguous, CPU and of one shape, is therefore accepted by one
+tight test per param (``_passes_fast_checks``); only what fails it goes through the detailed
+checks that name the problem.
+
+[Note: step counters as views of one buffer]
+torch's layout keeps each param's ``step`` as a float32 scalar tensor, and a tensor op costs
+microseconds, so counting steps one tensor at a time costs more than the math of a small
+tensor. The counters of one group's stepped params are therefore 0-dim views of one float32
+buffer, advanced by one ``add_``. They remain ordinary tensors to everyone else (state dicts,
+deepcopy, ``torch.save``); when the set changes (a param's first step, a loaded state dict,
+a counter replaced by the user) the buffer is rebuilt from the current values before the
+increment, so no count is lost.
 """
 
 from __future__ import annotations
@@ -21,7 +37,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ._native import NO_COPY, address, check_buffer, dtype_code
+from ._native import DTYPE_CODES, NO_COPY, check_buffer, dtype_code
 from ._threads import default_num_threads, resolve_num_threads
 from ._validate import refuse_amsgrad
 
@@ -41,10 +57,10 @@ class KernelBatch:
     def addresses(self) -> dict[str, list[int]]:
         """Integer addresses and element counts for the kernel call."""
         return {
-            "params": [address(p) for p in self.params],
-            "grads": [address(g) for g in self.grads],
-            "states": [[address(s) for s in column] for column in self.states],
-            "copies": [0 if c is None else address(c) for c in self.copies],
+            "params": [p.data_ptr() for p in self.params],
+            "grads": [g.data_ptr() for g in self.grads],
+            "states": [[s.data_ptr() for s in column] for column in self.states],
+            "copies": [0 if c is None else c.data_ptr() for c in self.copies],
             "numels": [p.numel() for p in self.params],
         }
 
@@ -54,6 +70,9 @@ class _Planned:
     param: torch.Tensor
     grad: torch.Tensor
     copy: torch.Tensor | None
+    #: ``self.state[param]`` when it exists (looked up once: a tensor's hash is a
+    #: Python-level call); ``None`` until the step creates it.
+    state: dict[str, Any] | None
 
 
 class CPUOptimizer(torch.optim.Optimizer):
@@ -85,7 +104,21 @@ class CPUOptimizer(torch.optim.Optimizer):
             raise TypeError(f"fp32_optimizer_states must be a bool, got {fp32_optimizer_states!r}")
         self.fp32_optimizer_states = fp32_optimizer_states
         self.num_threads = resolve_num_threads(num_threads)
+        #: id(param group) -> (buffer, its 0-dim views, which are the states' ``step``s).
+        self._step_views: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         super().__init__(params, defaults)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch keeps only defaults, state and param_groups; a deepcopy or pickle of a CPU
+        # optimizer must keep its own settings too.
+        state = super().__getstate__()
+        for name in ("fp32_optimizer_states", "num_threads", "set_grad_none"):
+            state[name] = getattr(self, name)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._step_views = {}  # keyed by id(group): a copy's groups are new objects
 
     # -- what subclasses define ------------------------------------------------------
 
@@ -163,6 +196,46 @@ class CPUOptimizer(torch.optim.Optimizer):
             if any(value.dtype != state[k].dtype for k in self.state_keys):
                 raise TypeError(f"the states of {name} do not share one dtype")
 
+    def _passes_fast_checks(
+        self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any] | None
+    ) -> bool:
+        """The common case in one pass: a param with state whose param, grad and states are
+        all dense, contiguous CPU tensors of one shape and kernel-supported dtypes.
+
+        False sends the param through the detailed checks, which either accept it (e.g. a
+        strided grad is copied) or raise naming what is wrong; so this only has to be exact
+        in what it accepts. See [Note: checks at a per-tensor cost torch's fused step has].
+        """
+        if not state:
+            return False
+        states = [state.get(key) for key in self.state_keys]
+        shape, param_dtype = param.shape, param.dtype
+        if param_dtype not in DTYPE_CODES:
+            return False
+        grad_dtype = grad.dtype
+        widened = param_dtype is torch.float32 and grad_dtype in DTYPE_CODES
+        if grad_dtype is not param_dtype and grad_dtype is not torch.float32 and not widened:
+            return False
+        state_dtype = None
+        for value in states:
+            if not isinstance(value, torch.Tensor):
+                return False
+            if state_dtype is None:
+                state_dtype = value.dtype
+                if state_dtype is not torch.float32 and state_dtype is not param_dtype:
+                    return False
+            elif value.dtype is not state_dtype:
+                return False
+        for tensor in (param, grad, *states):
+            if not (
+                tensor.is_cpu
+                and tensor.layout is torch.strided
+                and tensor.is_contiguous()
+                and tensor.shape == shape
+            ):
+                return False
+        return True
+
     def _plan(self, copies: Sequence[Sequence[torch.Tensor]] | None) -> list[list[_Planned]]:
         """Check everything a step will touch. See [Note: a step is all-or-nothing]."""
         if copies is not None and len(copies) != len(self.param_groups):
@@ -180,12 +253,17 @@ class CPUOptimizer(torch.optim.Optimizer):
                 )
             planned = []
             for pi, param in enumerate(group["params"]):
-                if param.grad is None:
+                grad = param.grad
+                if grad is None:
+                    continue
+                state = self.state.get(param)  # not [param]: a refused step adds no entry
+                if group_copies is None and self._passes_fast_checks(param, grad, state):
+                    planned.append(_Planned(param, grad, None, state))
                     continue
                 name = f"param {pi} of group {gi}"
                 check_buffer(param, param, name)
                 dtype_code(param.dtype, name)
-                grad = self._check_grad(param, param.grad, name)
+                grad = self._check_grad(param, grad, name)
                 copy = None if group_copies is None else group_copies[pi]
                 if copy is not None:
                     check_buffer(copy, param, f"fp16_param_groups[{gi}][{pi}]")
@@ -197,10 +275,9 @@ class CPUOptimizer(torch.optim.Optimizer):
                             f"fp16_param_groups[{gi}][{pi}] must be bf16/fp16 and its param fp32; "
                             f"got {copy.dtype} for a {param.dtype} param"
                         )
-                state = self.state[param]
                 if state:
                     self._check_state(param, state, name)
-                planned.append(_Planned(param, grad, copy))
+                planned.append(_Planned(param, grad, copy, state))
             plan.append(planned)
         return plan
 
@@ -238,26 +315,31 @@ class CPUOptimizer(torch.optim.Optimizer):
                     p.grad = grad
         threads = self.threads_for_step()
         for group, planned in zip(self.param_groups, plan):
-            batches: dict[tuple[int, int, int, int, int], KernelBatch] = {}
+            if not planned:
+                continue
             for item in planned:
-                state = self.state[item.param]
-                if not state:
-                    self._init_state(item.param, state, group)
-                state["step"] += 1
-                step = int(state["step"].item())
-                codes = (
-                    dtype_code(item.param.dtype, "param"),
-                    dtype_code(item.grad.dtype, "grad"),
-                    dtype_code(state[self.state_keys[0]].dtype, "state"),
-                    NO_COPY if item.copy is None else dtype_code(item.copy.dtype, "copy"),
+                if not item.state:
+                    item.state = self.state[item.param]
+                    self._init_state(item.param, item.state, group)
+            steps = self._advance_steps(group, planned)
+            batches: dict[tuple[int, int, int, int, int], KernelBatch] = {}
+            first_state = self.state_keys[0]
+            for item, step in zip(planned, steps):
+                state = item.state
+                key = (
+                    DTYPE_CODES[item.param.dtype],
+                    DTYPE_CODES[item.grad.dtype],
+                    DTYPE_CODES[state[first_state].dtype],
+                    NO_COPY if item.copy is None else DTYPE_CODES[item.copy.dtype],
+                    step,
                 )
-                batch = batches.setdefault(
-                    (*codes, step), KernelBatch(states=[[] for _ in self.state_keys])
-                )
+                batch = batches.get(key)
+                if batch is None:
+                    batch = batches[key] = KernelBatch(states=[[] for _ in self.state_keys])
                 batch.params.append(item.param)
                 batch.grads.append(item.grad)
-                for column, key in zip(batch.states, self.state_keys):
-                    column.append(state[key])
+                for column, name in zip(batch.states, self.state_keys):
+                    column.append(state[name])
                 batch.copies.append(item.copy)
             for (*codes, step), batch in batches.items():
                 self._launch(group, step, tuple(codes), batch, threads)
@@ -265,6 +347,27 @@ class CPUOptimizer(torch.optim.Optimizer):
             if params:
                 self._device_step(group, [p for p, _ in params])
         return loss
+
+    def _advance_steps(self, group: dict[str, Any], planned: list[_Planned]) -> list[int]:
+        """Add one to each planned param's ``step`` and return the new values.
+
+        See [Note: step counters as views of one buffer].
+        """
+        counters = [item.state["step"] for item in planned]
+        cached = self._step_views.get(id(group))
+        if (
+            cached is None
+            or len(cached[1]) != len(counters)
+            or not all(a is b for a, b in zip(cached[1], counters))
+        ):
+            buffer = torch.stack([c.detach().to(torch.float32).reshape(()) for c in counters])
+            views = list(buffer.unbind())
+            for item, view in zip(planned, views):
+                item.state["step"] = view
+            cached = self._step_views[id(group)] = (buffer, views)
+        buffer = cached[0]
+        buffer.add_(1)
+        return [int(step) for step in buffer.tolist()]
 
     def _take_device_params(
         self, fp16_param_groups: Sequence[Sequence[torch.Tensor]] | None

@@ -17,7 +17,6 @@ from . import _C
 __all__ = [
     "DTYPE_CODES",
     "NO_COPY",
-    "address",
     "check_buffer",
     "cpu_features",
     "dtype_code",
@@ -51,11 +50,6 @@ def check_buffer(tensor: torch.Tensor, like: torch.Tensor, what: str) -> None:
         )
     if tensor.shape != like.shape:
         raise ValueError(f"{what} has shape {tuple(tensor.shape)}, expected {tuple(like.shape)}")
-
-
-def address(tensor: torch.Tensor) -> int:
-    """Data address of a checked tensor (0 for an empty one, which the kernel never reads)."""
-    return tensor.data_ptr() if tensor.numel() else 0
 
 
 def cpu_features() -> dict[str, object]:
