@@ -1,9 +1,11 @@
 """Time of one CPU Adam step: zero_optim's CPUAdam against torch's Adam paths and DeepSpeed's.
 
 What it measures
-    The wall-clock time of one ``optimizer.step()`` over a single flat fp32 tensor of
-    ``--sizes`` parameters (16M and 128M by default; K/M/G are binary, so 16M is 16 * 2**20
-    params), for
+    The wall-clock time of one ``optimizer.step()`` over ``--sizes`` fp32 parameters (16M
+    and 128M by default; K/M/G are binary, so 16M is 16 * 2**20 params), laid out (``--layouts``)
+    as one flat tensor (what ZeRO-Offload steps: one flat partition per group) and as a GPT's
+    list of tensors (what a user's ``model.parameters()`` gives: ~50 tensors at 16M, ~170 at
+    128M, many of them a few hundred elements), for
 
     * zero_optim ``CPUAdam`` (fp32 params, grads and states);
     * ``torch.optim.Adam(foreach=True)`` (multi-tensor path);
@@ -38,9 +40,13 @@ Method
     * Timing: each optimizer gets fresh params and states and takes 2 warm-up steps (which
       also allocate and fault in its states). The fast ones (zero_optim, torch fused,
       DeepSpeed) are then timed in ``--repeats`` rounds, each round stepping every one of them
-      once in a rotated order, so bandwidth drift on a shared machine hits them alike; they
+      once in a shuffled order, so bandwidth drift on a shared machine hits them alike; they
       are alive together (~12 bytes/param each). torch's foreach and single-tensor paths are
       timed afterwards, one at a time. Best and median per row are reported.
+    * Model layout: a GPT of width 512 (768 from 64M params) with as many blocks (ln, qkv,
+      proj, ln, fc, fc-proj weights and biases: 12 tensors) as fit in three quarters of the
+      size, the rest in an embedding tensor. Same bytes as the flat layout; what differs is
+      each implementation's per-tensor cost (checks, launches, step counters).
     * Threads: ``torch.set_num_threads(--threads)`` (torch's and DeepSpeed's OpenMP) and
       ``CPUAdam(num_threads=--threads)``.
 
@@ -50,9 +56,13 @@ Columns
     fp32 states) times n over the probe bandwidth, divided by the best time. "ratio" is the
     best time of the fastest non-zero_optim row (torch fused/foreach/single, DeepSpeed)
     divided by this row's best time: above 1, this row is faster than every alternative.
+    "paired ratio" (rows timed interleaved only) compares within each round: the fastest
+    interleaved alternative's time in that round over this row's time in the same round,
+    median over rounds. Best times can each come from a different lucky moment; the paired
+    ratio only compares steps taken seconds apart, so bandwidth drift cancels out of it.
 
 Run
-    python bench/adam.py [--sizes 16M,128M] [--repeats 10] [--threads N]
+    python bench/adam.py [--sizes 16M,128M] [--layouts flat,model] [--repeats 10] [--threads N]
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ import argparse
 import gc
 import os
 import platform
+import random
 import shlex
 import statistics
 import sys
@@ -91,6 +102,7 @@ class Row:
     bytes_per_param: int
     times: list[float] | None = None  # seconds per step; None when the row could not run
     note: str = ""
+    interleaved: bool = False  # times[r] was taken in round r of time_interleaved
 
     @property
     def best(self) -> float:
@@ -202,20 +214,38 @@ def check_correctness(p0: torch.Tensor, grad: torch.Tensor, threads: int) -> str
     return "; ".join(report)
 
 
+MakeOptimizer = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+
+def gpt_tensor_sizes(n: int) -> list[int]:
+    """Element counts of a GPT's parameter tensors totalling ``n`` (see Method)."""
+    d = 512 if n < 64 * (1 << 20) else 768
+    block = [d, d, 3 * d * d, 3 * d, d * d, d, d, d, 4 * d * d, 4 * d, 4 * d * d, d]
+    layers = max(1, int(0.75 * n) // sum(block))
+    embedding = n - layers * sum(block) - 2 * d
+    if embedding <= 0:
+        raise ValueError(f"{n} params are too few for a model layout; use 1M or more")
+    return [embedding, *block * layers, d, d]
+
+
 def make_stepper(
-    make: Callable[[torch.Tensor], torch.optim.Optimizer],
+    make: MakeOptimizer,
     p0: torch.Tensor,
     grad: torch.Tensor,
     dtype: torch.dtype = torch.float32,
     *,
     with_copy: bool = False,
+    sizes: list[int] | None = None,
 ) -> Callable[[], object]:
-    """A fresh optimizer on a copy of ``p0``, as a zero-argument step, after 2 warm-up steps."""
-    p = p0.to(dtype, copy=True).requires_grad_()
-    p.grad = grad if dtype == torch.float32 else grad.to(dtype)
-    opt = make(p)
+    """A fresh optimizer on a copy of ``p0`` (split into separate tensors of ``sizes``), as a
+    zero-argument step, after 2 warm-up steps."""
+    sizes = sizes or [p0.numel()]
+    params = [t.to(dtype, copy=True).requires_grad_() for t in p0.split(sizes)]
+    for p, g in zip(params, grad.split(sizes)):
+        p.grad = g.to(dtype, copy=True)
+    opt = make(params)
     if with_copy:
-        copies = [[torch.empty(p0.shape, dtype=torch.bfloat16)]]
+        copies = [[torch.empty(p.shape, dtype=torch.bfloat16) for p in params]]
 
         def step() -> object:
             return opt.step(fp16_param_groups=copies)
@@ -229,15 +259,18 @@ def make_stepper(
 def time_interleaved(
     steppers: dict[str, Callable[[], object]], repeats: int
 ) -> dict[str, list[float]]:
-    """Time the steppers in rounds, each round stepping every one once in a rotated order.
+    """Time the steppers in rounds, each round stepping every one once in a shuffled order.
 
     Memory bandwidth on a shared VM drifts over seconds; timing one optimizer after another
     would hand that drift to whichever ran in a bad moment. Interleaving spreads it evenly.
+    The order is shuffled (seeded) rather than rotated: in a rotation each stepper always
+    follows the same neighbour, whose after-effects (cache contents, clocks) it would inherit.
     """
     names = list(steppers)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    order = random.Random(0)
+    for _ in range(repeats):
+        for name in order.sample(names, len(names)):
             start = time.perf_counter()
             steppers[name]()
             times[name].append(time.perf_counter() - start)
@@ -245,7 +278,12 @@ def time_interleaved(
 
 
 def bench_size(
-    n: int, repeats: int, threads: int, ds_adam: type | None, ds_reason: str
+    n: int,
+    repeats: int,
+    threads: int,
+    ds_adam: type | None,
+    ds_reason: str,
+    sizes: list[int] | None,
 ) -> tuple[list[Row], float, float, str]:
     """Check, probe bandwidth and time every optimizer at one size.
 
@@ -259,32 +297,32 @@ def bench_size(
     check = check_correctness(p0, grad, threads)
     add_bw, copy_bw = probe_bandwidth(n, repeats)
 
-    def zero(p: torch.Tensor) -> torch.optim.Optimizer:
-        return CPUAdam([p], **HYPER, num_threads=threads)
+    def zero(ps: list[torch.Tensor]) -> torch.optim.Optimizer:
+        return CPUAdam(ps, **HYPER, num_threads=threads)
 
-    plan: list[tuple[Row, Callable[[torch.Tensor], torch.optim.Optimizer] | None, dict, bool]] = [
+    plan: list[tuple[Row, MakeOptimizer | None, dict, bool]] = [
         (Row(f"{ZERO} CPUAdam (fp32)", 28), zero, {}, True),
         (
             Row("torch.optim.AdamW(fused=True)", 28),
-            lambda p: torch.optim.AdamW([p], **HYPER, fused=True),
+            lambda ps: torch.optim.AdamW(ps, **HYPER, fused=True),
             {},
             True,
         ),
         (
             Row("torch.optim.Adam(foreach=True)", 28),
-            lambda p: torch.optim.Adam([p], **HYPER, foreach=True),
+            lambda ps: torch.optim.Adam(ps, **HYPER, foreach=True),
             {},
             False,
         ),
         (
             Row("torch.optim.Adam(foreach=False) (default single-tensor)", 28),
-            lambda p: torch.optim.Adam([p], **HYPER, foreach=False),
+            lambda ps: torch.optim.Adam(ps, **HYPER, foreach=False),
             {},
             False,
         ),
         (
             Row("DeepSpeed DeepSpeedCPUAdam", 28, note=ds_reason),
-            None if ds_adam is None else (lambda p: ds_adam([p], **HYPER)),
+            None if ds_adam is None else (lambda ps: ds_adam(ps, **HYPER)),
             {},
             True,
         ),
@@ -303,7 +341,7 @@ def bench_size(
     ]
     with stdout_to_stderr():  # DeepSpeed prints its build and load chatter to stdout
         steppers = {
-            row.label: make_stepper(make, p0, grad, **kwargs)
+            row.label: make_stepper(make, p0, grad, **kwargs, sizes=sizes)
             for row, make, kwargs, fast in plan
             if fast and make is not None
         }
@@ -315,8 +353,9 @@ def bench_size(
             continue
         if fast:
             row.times = times[row.label]
+            row.interleaved = True
         else:
-            row.times = time_calls(make_stepper(make, p0, grad, **kwargs), repeats)
+            row.times = time_calls(make_stepper(make, p0, grad, **kwargs, sizes=sizes), repeats)
             free()
     return [row for row, _, _, _ in plan], add_bw, copy_bw, check
 
@@ -328,9 +367,11 @@ def size_name(n: int) -> str:
     return str(n)
 
 
-def print_table(n: int, rows: list[Row], add_bw: float, copy_bw: float, check: str) -> None:
+def print_table(
+    n: int, layout: str, rows: list[Row], add_bw: float, copy_bw: float, check: str
+) -> None:
     limit_ms = FP32_ADAM_BYTES * n / add_bw * 1e3
-    print(f"## {size_name(n)} fp32 params ({n:,})")
+    print(f"## {size_name(n)} fp32 params ({n:,}), {layout}")
     print()
     print(
         f"- add_ probe (12 B/elem): {add_bw / 1e9:.2f} GB/s -> fp32 Adam limit (28 B/param): "
@@ -342,22 +383,27 @@ def print_table(n: int, rows: list[Row], add_bw: float, copy_bw: float, check: s
         f"bf16 copy == params.to(bf16): ok"
     )
     print()
-    alternatives = [r.best for r in rows if r.times and not r.label.startswith(ZERO)]
-    fastest_alt = min(alternatives) if alternatives else None
+    alternatives = [r for r in rows if r.times and not r.label.startswith(ZERO)]
+    fastest_alt = min((r.best for r in alternatives), default=None)
+    paired_alts = [r.times for r in alternatives if r.interleaved]
+    per_round_alt = [min(ts) for ts in zip(*paired_alts)] if paired_alts else []
     print(
         "| optimizer | ms/step (best) | ms/step (median) | Mparams/s "
-        "| % of add_-probe limit | ratio vs fastest alternative |"
+        "| % of add_-probe limit | ratio vs fastest alternative | paired ratio |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         if not r.times:
-            print(f"| {r.label} | n/a | n/a | n/a | n/a | n/a ({r.note}) |")
+            print(f"| {r.label} | n/a | n/a | n/a | n/a | n/a ({r.note}) | n/a |")
             continue
         pct = r.bytes_per_param * n / add_bw / r.best * 100
         ratio = f"{fastest_alt / r.best:.2f}" if fastest_alt else "n/a"
+        paired = "n/a"
+        if r.interleaved and per_round_alt:
+            paired = f"{statistics.median(a / t for a, t in zip(per_round_alt, r.times)):.2f}"
         print(
             f"| {r.label} | {r.best * 1e3:.2f} | {r.median * 1e3:.2f} | "
-            f"{n / r.best / 1e6:.0f} | {pct:.0f}% | {ratio} |"
+            f"{n / r.best / 1e6:.0f} | {pct:.0f}% | {ratio} | {paired} |"
         )
     print()
 
@@ -365,11 +411,23 @@ def print_table(n: int, rows: list[Row], add_bw: float, copy_bw: float, check: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="16M,128M", help="comma-separated param counts")
+    parser.add_argument(
+        "--layouts",
+        default="flat,model",
+        help="comma-separated: flat (one tensor) and/or model (a GPT's tensors)",
+    )
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per optimizer")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     try:
         sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError as e:
+        parser.error(f"--sizes: {e}")
+    layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
+    if not layouts or set(layouts) - {"flat", "model"}:
+        parser.error(f"--layouts: expected flat and/or model, got {args.layouts!r}")
+    try:
+        splits = {n: gpt_tensor_sizes(n) for n in sizes if "model" in layouts}
     except ValueError as e:
         parser.error(f"--sizes: {e}")
     if args.repeats < 1 or args.threads < 1:
@@ -389,13 +447,22 @@ def main() -> None:
     print(f"- hyperparameters: {HYPER}; {WARMUP} warm-up steps, {args.repeats} timed steps")
     print("- bytes/param for the % column: 28 fp32 Adam, 30 with bf16 copy, 22 bf16 params")
     print("- ratio = fastest non-zero_optim best time / this row's best time (>1: faster)")
+    print(
+        "- paired ratio = median over rounds of (fastest interleaved alternative's time in "
+        "the round / this row's time in the round)"
+    )
     print()
     for n in sizes:
-        rows, add_bw, copy_bw, check = bench_size(n, args.repeats, args.threads, ds_adam, ds_reason)
-        print_table(n, rows, add_bw, copy_bw, check)
-        sys.stdout.flush()
-        del rows
-        free()
+        for layout in layouts:
+            split = splits[n] if layout == "model" else None
+            name = "one flat tensor" if split is None else f"a GPT's {len(split)} tensors"
+            rows, add_bw, copy_bw, check = bench_size(
+                n, args.repeats, args.threads, ds_adam, ds_reason, split
+            )
+            print_table(n, name, rows, add_bw, copy_bw, check)
+            sys.stdout.flush()
+            del rows
+            free()
 
 
 if __name__ == "__main__":
