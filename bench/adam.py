@@ -4,7 +4,7 @@ What it measures
     The wall-clock time of one ``optimizer.step()`` over ``--sizes`` fp32 parameters (16M
     and 128M by default; K/M/G are binary, so 16M is 16 * 2**20 params), laid out (``--layouts``)
     as one flat tensor (what ZeRO-Offload steps: one flat partition per group) and as a GPT's
-    list of tensors (what a user's ``model.parameters()`` gives: ~50 tensors at 16M, ~170 at
+    list of tensors (what a user's ``model.parameters()`` gives: 39 tensors at 16M, 171 at
     128M, many of them a few hundred elements), for
 
     * zero_optim ``CPUAdam`` (fp32 params, grads and states);

@@ -43,6 +43,14 @@ from ._validate import refuse_amsgrad
 
 __all__ = ["CPUOptimizer", "KernelBatch"]
 
+#: Gradient dtypes the kernels take for each param dtype they support: the param's own or
+#: fp32, and for fp32 params also bf16/fp16 (widened as they are read).
+GRAD_DTYPES: dict[torch.dtype, frozenset[torch.dtype]] = {
+    torch.float32: frozenset({torch.float32, torch.bfloat16, torch.float16}),
+    torch.bfloat16: frozenset({torch.bfloat16, torch.float32}),
+    torch.float16: frozenset({torch.float16, torch.float32}),
+}
+
 
 @dataclass(slots=True)
 class KernelBatch:
@@ -171,10 +179,7 @@ class CPUOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"{name}'s gradient is on {grad.device} but the param is on {param.device}"
             )
-        allowed = {param.dtype, torch.float32}
-        if param.dtype == torch.float32:
-            allowed |= {torch.bfloat16, torch.float16}
-        if grad.dtype not in allowed:
+        if grad.dtype not in GRAD_DTYPES[param.dtype]:
             raise TypeError(
                 f"{name} is {param.dtype} but its gradient is {grad.dtype}; gradients must be "
                 f"float32 or the param's dtype"
@@ -210,11 +215,7 @@ class CPUOptimizer(torch.optim.Optimizer):
             return False
         states = [state.get(key) for key in self.state_keys]
         shape, param_dtype = param.shape, param.dtype
-        if param_dtype not in DTYPE_CODES:
-            return False
-        grad_dtype = grad.dtype
-        widened = param_dtype is torch.float32 and grad_dtype in DTYPE_CODES
-        if grad_dtype is not param_dtype and grad_dtype is not torch.float32 and not widened:
+        if grad.dtype not in GRAD_DTYPES.get(param_dtype, ()):
             return False
         state_dtype = None
         for value in states:
