@@ -37,12 +37,14 @@ Method
       CPUAdam and with ``torch.optim.AdamW`` (weight_decay 0 and 0.01) must agree to atol
       1e-6, and the bf16 copy must equal the updated fp32 params rounded to bf16; the script
       aborts otherwise.
-    * Timing: each optimizer gets fresh params and states and takes 2 warm-up steps (which
-      also allocate and fault in its states). The fast ones (zero_optim, torch fused,
-      DeepSpeed) are then timed in ``--repeats`` rounds, each round stepping every one of them
-      once in a shuffled order, so bandwidth drift on a shared machine hits them alike; they
-      are alive together (~12 bytes/param each). torch's foreach and single-tensor paths are
-      timed afterwards, one at a time. Best and median per row are reported.
+    * Timing: each optimizer takes 2 warm-up steps (which also allocate and fault in its
+      states). The fast ones (zero_optim, torch fused, DeepSpeed) are then timed in
+      ``--repeats`` rounds, each round stepping every one of them once in a shuffled order, so
+      bandwidth drift on a shared machine hits them alike. The fp32 ones step one shared set
+      of params, grads and Adam moments (see [Note: one set of buffers for the interleaved
+      rows]); the bf16-params row has its own. torch's foreach and single-tensor paths are
+      timed afterwards, one at a time, on fresh buffers. Best and median per row are
+      reported.
     * Model layout: a GPT of width 512 (768 from 64M params) with as many blocks (ln, qkv,
       proj, ln, fc, fc-proj weights and biases: 12 tensors) as fit in three quarters of the
       size, the rest in an embedding tensor. Same bytes as the flat layout; what differs is
@@ -60,6 +62,17 @@ Columns
     interleaved alternative's time in that round over this row's time in the same round,
     median over rounds. Best times can each come from a different lucky moment; the paired
     ratio only compares steps taken seconds apart, so bandwidth drift cancels out of it.
+
+[Note: one set of buffers for the interleaved rows]
+    Where a buffer's pages land in physical memory changes how fast it streams: on this
+    project's 2-core EPYC VM, the very same kernel stepping two separately allocated 16M
+    buffer sets differed by 5-7% (paired median over 30 rounds, run twice), and by 0-1% when
+    both stepped one set. That is as large as the differences this script exists to measure,
+    and it would go to whichever optimizer happened to get the better pages. So the
+    interleaved fp32 rows all step the same param, grad and exp_avg/exp_avg_sq tensors: after
+    its warm-up each optimizer's moments are rebound to the first one's (``share_states``).
+    The values they step from differ round to round, which does not change the work (no
+    data-dependent paths; the values stay normal floats).
 
 Run
     python bench/adam.py [--sizes 16M,128M] [--layouts flat,model] [--repeats 10] [--threads N]
@@ -228,21 +241,48 @@ def gpt_tensor_sizes(n: int) -> list[int]:
     return [embedding, *block * layers, d, d]
 
 
-def make_stepper(
-    make: MakeOptimizer,
+def make_params(
     p0: torch.Tensor,
     grad: torch.Tensor,
     dtype: torch.dtype = torch.float32,
-    *,
-    with_copy: bool = False,
     sizes: list[int] | None = None,
-) -> Callable[[], object]:
-    """A fresh optimizer on a copy of ``p0`` (split into separate tensors of ``sizes``), as a
-    zero-argument step, after 2 warm-up steps."""
+) -> list[torch.Tensor]:
+    """A copy of ``p0`` split into separate tensors of ``sizes``, each with its ``grad``."""
     sizes = sizes or [p0.numel()]
     params = [t.to(dtype, copy=True).requires_grad_() for t in p0.split(sizes)]
     for p, g in zip(params, grad.split(sizes)):
         p.grad = g.to(dtype, copy=True)
+    return params
+
+
+ADAM_STATES = ("exp_avg", "exp_avg_sq")
+
+
+def share_states(opt: torch.optim.Optimizer, shared: dict[torch.Tensor, dict]) -> None:
+    """Point ``opt``'s Adam moments at the ones in ``shared`` (filled by the first caller).
+
+    See [Note: one set of buffers for the interleaved rows]. Every implementation here reads
+    ``state[p]["exp_avg"]``/``["exp_avg_sq"]`` afresh on each step, so rebinding them after
+    the warm-up is all it takes; the step counters stay each optimizer's own.
+    """
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state[p]
+            if p not in shared:
+                shared[p] = {k: state[k] for k in ADAM_STATES}
+            else:
+                state.update(shared[p])
+
+
+def make_stepper(
+    make: MakeOptimizer,
+    params: list[torch.Tensor],
+    *,
+    with_copy: bool = False,
+    shared: dict[torch.Tensor, dict] | None = None,
+) -> Callable[[], object]:
+    """A fresh optimizer over ``params``, as a zero-argument step, after 2 warm-up steps
+    (which allocate its states; with ``shared``, they are then swapped for the shared ones)."""
     opt = make(params)
     if with_copy:
         copies = [[torch.empty(p.shape, dtype=torch.bfloat16) for p in params]]
@@ -253,6 +293,8 @@ def make_stepper(
         step = opt.step
     step()
     step()
+    if shared is not None:
+        share_states(opt, shared)
     return step
 
 
@@ -339,14 +381,23 @@ def bench_size(
             True,
         ),
     ]
+    shared_params = make_params(p0, grad, sizes=sizes)
+    shared_states: dict[torch.Tensor, dict] = {}
     with stdout_to_stderr():  # DeepSpeed prints its build and load chatter to stdout
-        steppers = {
-            row.label: make_stepper(make, p0, grad, **kwargs, sizes=sizes)
-            for row, make, kwargs, fast in plan
-            if fast and make is not None
-        }
+        steppers = {}
+        for row, make, kwargs, fast in plan:
+            if not fast or make is None:
+                continue
+            if "dtype" in kwargs:  # bf16 params cannot share the fp32 buffers
+                params = make_params(p0, grad, kwargs["dtype"], sizes)
+                steppers[row.label] = make_stepper(make, params)
+            else:
+                steppers[row.label] = make_stepper(
+                    make, shared_params, **kwargs, shared=shared_states
+                )
+            free()  # the warm-up's own states, now replaced by the shared ones
         times = time_interleaved(steppers, repeats)
-    del steppers
+    del steppers, shared_params, shared_states
     free()
     for row, make, kwargs, fast in plan:
         if make is None:
@@ -355,7 +406,9 @@ def bench_size(
             row.times = times[row.label]
             row.interleaved = True
         else:
-            row.times = time_calls(make_stepper(make, p0, grad, **kwargs, sizes=sizes), repeats)
+            params = make_params(p0, grad, sizes=sizes)
+            row.times = time_calls(make_stepper(make, params, **kwargs), repeats)
+            del params
             free()
     return [row for row, _, _, _ in plan], add_bw, copy_bw, check
 
