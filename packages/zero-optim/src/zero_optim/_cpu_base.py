@@ -23,14 +23,18 @@ checks that name the problem.
 torch's layout keeps each param's ``step`` as a float32 scalar tensor, and a tensor op costs
 microseconds, so counting steps one tensor at a time costs more than the math of a small
 tensor. The counters of one group's stepped params are therefore 0-dim views of one float32
-buffer, advanced by one ``add_``. They remain ordinary tensors to everyone else (state dicts,
-deepcopy, ``torch.save``); when the set changes (a param's first step, a loaded state dict,
-a counter replaced by the user) the buffer is rebuilt from the current values before the
-increment, so no count is lost.
+buffer. They remain ordinary tensors to everyone else (state dicts, deepcopy, ``torch.save``);
+when the set changes (a param's first step, a loaded state dict, a counter replaced by the
+user) the buffer is rebuilt from the current values before the increment, so no count is
+lost. The increment itself goes through a ctypes float array over the buffer's memory rather
+than a torch op: a step runs right after backward or after another sweep over memory has
+evicted the caches, and a cold torch dispatch (``add_`` + ``tolist``) measured ~165 µs there,
+the ctypes read-modify-write ~30 µs; at 16M params that is 1% of the step.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -112,8 +116,9 @@ class CPUOptimizer(torch.optim.Optimizer):
             raise TypeError(f"fp32_optimizer_states must be a bool, got {fp32_optimizer_states!r}")
         self.fp32_optimizer_states = fp32_optimizer_states
         self.num_threads = resolve_num_threads(num_threads)
-        #: id(param group) -> (buffer, its 0-dim views, which are the states' ``step``s).
-        self._step_views: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        #: id(param group) -> (buffer, its 0-dim views, which are the states' ``step``s, and
+        #: the buffer's memory as a ctypes float array).
+        self._step_views: dict[int, tuple[torch.Tensor, list[torch.Tensor], Any]] = {}
         super().__init__(params, defaults)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -282,7 +287,6 @@ class CPUOptimizer(torch.optim.Optimizer):
             plan.append(planned)
         return plan
 
-    @torch.no_grad()
     def step(
         self,
         closure: Callable[[], Any] | None = None,
@@ -303,6 +307,11 @@ class CPUOptimizer(torch.optim.Optimizer):
             ValueError, TypeError: a param, grad, state or copy the kernel cannot use (named
                 in the message); nothing has been updated.
         """
+        # Unlike torch's optimizers this is not run under torch.no_grad() as a whole: the CPU
+        # path updates params in C++, out of autograd's sight, and its torch ops (zeroed
+        # states, step counters) involve no tensor that requires grad. Only the device path
+        # runs torch ops on params. Entering no_grad costs ~80 µs when the step starts with
+        # cold caches (after backward), 0.7% of a 16M-param step.
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -344,9 +353,11 @@ class CPUOptimizer(torch.optim.Optimizer):
                 batch.copies.append(item.copy)
             for (*codes, step), batch in batches.items():
                 self._launch(group, step, tuple(codes), batch, threads)
-        for group, params in zip(self.param_groups, device_groups):
-            if params:
-                self._device_step(group, [p for p, _ in params])
+        if any(device_groups):
+            with torch.no_grad():
+                for group, params in zip(self.param_groups, device_groups):
+                    if params:
+                        self._device_step(group, [p for p, _ in params])
         return loss
 
     def _advance_steps(self, group: dict[str, Any], planned: list[_Planned]) -> list[int]:
@@ -361,14 +372,17 @@ class CPUOptimizer(torch.optim.Optimizer):
             or len(cached[1]) != len(counters)
             or not all(a is b for a, b in zip(cached[1], counters))
         ):
-            buffer = torch.stack([c.detach().to(torch.float32).reshape(()) for c in counters])
+            buffer = torch.stack(
+                [c.detach().to("cpu", torch.float32).reshape(()) for c in counters]
+            )
             views = list(buffer.unbind())
             for item, view in zip(planned, views):
                 item.state["step"] = view
-            cached = self._step_views[id(group)] = (buffer, views)
-        buffer = cached[0]
-        buffer.add_(1)
-        return [int(step) for step in buffer.tolist()]
+            memory = (ctypes.c_float * len(views)).from_address(buffer.data_ptr())
+            cached = self._step_views[id(group)] = (buffer, views, memory)
+        memory = cached[2]
+        memory[:] = [count + 1.0 for count in memory]  # stored as float32, as torch's add_
+        return [int(count) for count in memory]
 
     def _take_device_params(
         self, fp16_param_groups: Sequence[Sequence[torch.Tensor]] | None
